@@ -1,0 +1,1 @@
+"""clusters: see the README section of the same name."""

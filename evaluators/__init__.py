@@ -1,0 +1,1 @@
+"""Per-rank evaluation, metrics and rank selection. Imports neither Ray nor MLflow nor the orchestrator."""

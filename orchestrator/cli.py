@@ -1,0 +1,100 @@
+"""`dyrank` command line. Bad input ends in one line on stderr that names the field or file, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from orchestrator.config import ConfigError, load_config
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """A user mistake that is not a config field: the message says what to do."""
+
+
+def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("config", nargs=None if required else "?", help="YAML config (see examples/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set training.lr=1e-4 (repeatable)")
+
+
+def cmd_check(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    print(cfg.to_yaml(), end="")
+    print(f"# {args.config}: OK ({cfg.adapter.method}, ranks {cfg.eval_ranks()[0]}..{cfg.eval_ranks()[-1]})", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from trainers.finetune import train
+
+    if args.resume:
+        out = Path(args.resume)
+        if not (out / "config.yaml").is_file():
+            raise UsageError(f"--resume {out}: not a dyrank train folder (no config.yaml)")
+        if args.config or args.overrides:
+            raise UsageError("--resume takes its config from the folder; drop CONFIG and --set")
+        cfg = load_config(out / "config.yaml")
+    else:
+        if not args.config:
+            raise UsageError("dyrank train needs CONFIG (or --resume DIR)")
+        cfg = load_config(args.config, args.overrides)
+        out = Path(args.out or f"runs/{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}")
+        if (out / "config.yaml").exists():
+            raise UsageError(f"--out {out} already holds a training run; use --resume {out} or another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(cfg.to_yaml())
+    result = train(cfg, out)
+    print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; adapter: {result.adapter_dir}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from trainers.qdylora import export_rank
+
+    source = Path(args.source)
+    adapter = source / "adapter" if (source / "adapter").is_dir() else source
+    if not (adapter / "adapter_config.json").is_file():
+        raise UsageError(f"{source}: no adapter found (expected a dyrank train folder or an adapter folder)")
+    out = export_rank(adapter, args.rank, args.out)
+    print(f"rank-{args.rank} PEFT adapter written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dyrank", description="QDyLoRA rank search: train once, evaluate every rank.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="validate a config and print it resolved")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("train", help="one training run, locally (no Ray)")
+    _add_config_args(p, required=False)
+    p.add_argument("--out", help="output folder (default runs/NAME-TIMESTAMP)")
+    p.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="write a standard PEFT adapter for one rank")
+    p.add_argument("source", help="a dyrank train folder")
+    p.add_argument("--rank", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, UsageError, FileNotFoundError, ValueError) as exc:
+        print(f"dyrank {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The one configuration schema: every field, its default and its documentation live here.
+
+`load_config(path, overrides)` reads a YAML file, applies `--set a.b=value` overrides and validates.
+Any problem raises `ConfigError` with one message that names the file or the field; the CLI prints
+it and exits non-zero. `dyrank check` prints `describe()`/the resolved config from this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainers.data import BUILTIN_DATASETS
+from trainers.models import PRESETS
+
+PositiveInt = Annotated[int, Field(gt=0, strict=True)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the file or field at fault."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _existing_path(value: str | None, what: str) -> str | None:
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ValueError(f"{what} does not exist: {path}")
+    return str(path.resolve())
+
+
+class ModelConfig(_Section):
+    source: str = Field(
+        "tiny-llama",
+        description="A built-in preset (" + ", ".join(PRESETS) + "), a local Hugging Face model folder, "
+        "or a .gguf file (dequantized once and cached as a plain folder).",
+    )
+    trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint. Off: it is code execution.")
+
+    @field_validator("source")
+    @classmethod
+    def _source_exists(cls, value: str) -> str:
+        if value in PRESETS:
+            return value
+        return _existing_path(value, "model path")
+
+
+class QuantizationConfig(_Section):
+    load_in_4bit: bool = Field(True, description="Quantize the frozen base with bitsandbytes (QLoRA). Off: a 16/32-bit base.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; NF4 is QLoRA's.")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too (QLoRA's DQ; ~0.4 bit/param saved).")
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Matmul dtype. auto: bf16 where the device has it, fp16 on GPUs without (V100)."
+    )
+
+
+class AdapterConfig(_Section):
+    method: Literal["qdylora", "qlora"] = Field(
+        "qdylora", description="qdylora: one adapter trained for every rank r_min..r_max; qlora: a fixed-rank LoRA."
+    )
+    r_max: PositiveInt = Field(64, description="qdylora: the adapter's full rank; every rank up to it is usable.")
+    r_min: PositiveInt = Field(1, description="qdylora: the smallest rank sampled during training.")
+    rank: PositiveInt = Field(8, description="qlora: the fixed rank.")
+    alpha: PositiveFloat = Field(16.0, description="LoRA alpha; the update is scaled by alpha / rank (alpha / b when truncated to b).")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the adapter input (QLoRA: 0.1 up to 13B, 0.05 above).")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules to adapt; all-linear = every linear layer of the blocks, never lm_head."
+    )
+    update_mode: Literal["cumulative", "frozen"] = Field(
+        "cumulative",
+        description="qdylora gradients: cumulative = all ranks <= b learn each step; frozen = only rank b (DyLoRA paper).",
+    )
+
+    @model_validator(mode="after")
+    def _rank_range(self) -> "AdapterConfig":
+        if self.r_min > self.r_max:
+            raise ValueError(f"r_min ({self.r_min}) must not exceed r_max ({self.r_max})")
+        return self
+
+    @property
+    def dynamic(self) -> bool:
+        return self.method == "qdylora"
+
+    @property
+    def full_rank(self) -> int:
+        return self.r_max if self.dynamic else self.rank
+
+
+class DataConfig(_Section):
+    dataset: str | None = Field(None, description="A built-in data set (" + ", ".join(BUILTIN_DATASETS) + "); or give train_file.")
+    train_file: str | None = Field(None, description="JSONL with prompt/completion or messages records.")
+    validation_file: str | None = Field(None, description="Held-out JSONL; if absent, validation_fraction of train_file is split off.")
+    test_file: str | None = Field(None, description="JSONL scored only for the selected rank and the baselines.")
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of train_file split off (by record hash) when no validation_file.")
+    max_seq_len: PositiveInt = Field(256, description="Tokens per example; longer ones are cut from the right.")
+    packing: bool = Field(False, description="Concatenate examples into max_seq_len blocks (faster, cross-example attention).")
+
+    _check_files = field_validator("train_file", "validation_file", "test_file")(
+        lambda value, info: _existing_path(value, f"data.{info.field_name}")
+    )
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str | None) -> str | None:
+        if value is not None and value not in BUILTIN_DATASETS:
+            raise ValueError(f"unknown data set {value!r}; built-in: {', '.join(BUILTIN_DATASETS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        if (self.dataset is None) == (self.train_file is None):
+            raise ValueError("give exactly one of data.dataset and data.train_file")
+        return self
+
+
+class TrainingConfig(_Section):
+    max_steps: PositiveInt = Field(100, description="Optimizer steps.")
+    batch_size: PositiveInt = Field(4, description="Examples per micro-batch.")
+    grad_accum_steps: PositiveInt = Field(1, description="Micro-batches per optimizer step (one sampled rank for all of them).")
+    lr: PositiveFloat = Field(2e-4, description="Peak learning rate (QLoRA: 2e-4 up to 13B, 1e-4 above).")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field("constant", description="After warmup; QLoRA uses constant.")
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Share of max_steps spent warming up.")
+    max_grad_norm: PositiveFloat = Field(0.3, description="Gradient clipping (QLoRA: 0.3).")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    optimizer: Literal["paged_adamw_32bit", "paged_adamw_8bit", "adamw_32bit", "adamw_torch"] = Field(
+        "paged_adamw_32bit", description="bitsandbytes paged AdamW pages states to CPU under GPU memory pressure; non-paged on CPU."
+    )
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward: less memory, ~30% more time.")
+    seed: int = Field(0, description="Seeds weights init, data order, dropout and the rank sampler.")
+    log_every: PositiveInt = Field(1, description="Steps between progress-bar/metric updates.")
+    checkpoint_every: PositiveInt = Field(50, description="Steps between resumable checkpoints.")
+    keep_checkpoints: PositiveInt = Field(2, description="Newest checkpoints kept on disk.")
+
+
+class EvaluationConfig(_Section):
+    ranks: list[PositiveInt] | Literal["all"] = Field("all", description="Ranks to evaluate: all = r_min..r_max, or a list.")
+    batch_size: PositiveInt = Field(8, description="Examples per evaluation batch.")
+    max_samples: PositiveInt | None = Field(None, description="Cap on evaluated examples per split (None: all).")
+
+
+class SelectionConfig(_Section):
+    policy: Literal["best", "smallest-within"] = Field("best", description="best, or the smallest rank within tolerance of the best.")
+    metric: str = Field("eval_loss", description="Sweep metric to select on (validation split).")
+    greater_is_better: bool = Field(False, description="Direction of the metric.")
+    tolerance: float = Field(0.01, ge=0.0, description="smallest-within: relative slack from the best value.")
+
+
+class BaselinesConfig(_Section):
+    ranks: list[PositiveInt] = Field(default_factory=lambda: [8, 64], description="QLoRA baselines trained beside the QDyLoRA run.")
+
+
+class TrackingConfig(_Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db.")
+    experiment: str | None = Field(None, description="MLflow experiment; default: the config's name.")
+
+
+class ResourcesConfig(_Section):
+    trainer_gpus: float = Field(0.0, ge=0.0, description="GPUs per trainer actor (fractions share a card).")
+    trainer_cpus: PositiveFloat = Field(1.0, description="CPUs per trainer actor.")
+    evaluator_gpus: float = Field(0.0, ge=0.0, description="GPUs per evaluator actor.")
+    evaluator_cpus: PositiveFloat = Field(1.0, description="CPUs per evaluator actor.")
+    gpu_memory_resource: str | None = Field(None, description="Custom Ray resource a worker must hold, e.g. gpu_32gb.")
+    num_evaluators: PositiveInt | None = Field(None, description="Evaluator pool size; default: what resources allow.")
+
+
+class Config(_Section):
+    name: str = Field("dyrank", min_length=1, description="Run name; also the MLflow experiment unless tracking.experiment.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    data: DataConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    @model_validator(mode="after")
+    def _ranks_within_adapter(self) -> "Config":
+        if isinstance(self.evaluation.ranks, list):
+            too_big = [r for r in self.evaluation.ranks if r > self.adapter.full_rank]
+            if too_big:
+                raise ValueError(f"evaluation.ranks {too_big} exceed the adapter's rank {self.adapter.full_rank}")
+        return self
+
+    def eval_ranks(self) -> list[int]:
+        if self.evaluation.ranks == "all":
+            return list(range(self.adapter.r_min, self.adapter.r_max + 1)) if self.adapter.dynamic else [self.adapter.rank]
+        return sorted(set(self.evaluation.ranks))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`a.b=value` sets raw['a']['b']; the value is parsed as YAML so numbers and lists keep their type."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set training.lr=1e-4")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: value is not valid YAML: {exc}") from None
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        shown = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err['input']!r})"
+        lines.append(f"  {field}: {msg}{shown}")
+    return f"invalid config {source}:\n" + "\n".join(lines)
+
+
+def parse_config(raw: Any, source: str = "<config>") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    if not text.strip():
+        raise ConfigError(f"config file is empty: {path}")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"YAML syntax error in {path}: {exc}") from None
+    if raw is None:
+        raise ConfigError(f"config file holds no settings: {path}")
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, list(overrides))
+    return parse_config(raw, str(path))

@@ -1,0 +1,1 @@
+"""Model loading, adapters and training recipes. Imports neither Ray nor MLflow nor the orchestrator."""

@@ -1,0 +1,114 @@
+"""Resumable checkpoints without pickle: tensors in safetensors, everything else in JSON.
+
+A checkpoint folder holds the trainable weights, the optimizer and scheduler state, every RNG the run
+draws from (torch CPU/CUDA, the rank sampler) and the step, so a resumed run reaches bit-identical
+final weights. Folders are written under a temporary name and renamed, so a crash mid-write leaves the
+previous checkpoint as the latest.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_PREFIX = "step-"
+
+
+def _split_tensors(tree: dict, prefix: str, tensors: dict, scalars: dict) -> None:
+    """Flatten nested dicts (bitsandbytes nests its state) into path-named tensors and JSON scalars."""
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            _split_tensors(value, name + "/", tensors, scalars)
+        elif isinstance(value, torch.Tensor):
+            tensors[name] = value.detach().to("cpu").contiguous().clone()
+        else:
+            scalars[name] = value
+
+
+def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, per_param in state["state"].items():
+        _split_tensors(per_param, f"state/{index}/", tensors, scalars)
+    return tensors, {"scalars": scalars, "param_groups": state["param_groups"]}
+
+
+def optimizer_from_files(tensors: dict, meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for flat in (tensors, meta["scalars"]):
+        for name, value in flat.items():
+            _, index, *path = name.split("/")
+            node = state.setdefault(int(index), {})
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    states = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"torch_cuda_{i}"] = s
+    return states
+
+
+def restore_rng(states: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(states["torch_cpu"])
+    cuda = [states[k] for k in sorted(states) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(folder: Path, step: int, model, optimizer, scheduler, sampler, keep: int) -> Path:
+    target = Path(folder) / f"{CHECKPOINT_PREFIX}{step:08d}"
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(model), tmp / "trainable.safetensors")
+    opt_tensors, opt_meta = optimizer_to_files(optimizer)
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+    rng = rng_state() | {f"sampler_{k}": v for k, v in (sampler.state_dict() if sampler else {}).items()}
+    save_file(rng, tmp / "rng.safetensors")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "scheduler": scheduler.state_dict()}))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    for old in list_checkpoints(folder)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and not p.name.endswith(".tmp"))
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, sampler) -> int:
+    """Restore everything saved by `save_checkpoint`; returns the step it was taken at."""
+    path = Path(path)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in load_file(path / "trainable.safetensors").items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(
+        optimizer_from_files(load_file(path / "optimizer.safetensors"), json.loads((path / "optimizer.json").read_text()))
+    )
+    state = json.loads((path / "state.json").read_text())
+    scheduler.load_state_dict(state["scheduler"])
+    rng = load_file(path / "rng.safetensors")
+    restore_rng(rng)
+    if sampler:
+        sampler.load_state_dict({k.removeprefix("sampler_"): v for k, v in rng.items() if k.startswith("sampler_")})
+    return state["step"]

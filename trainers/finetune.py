@@ -1,0 +1,150 @@
+"""The LoRA-family training recipe: QDyLoRA (dynamic rank) and its QLoRA baseline (fixed rank) share it.
+
+Read top to bottom: setup (base, adapter, data, optimizer), train (one sampled rank per optimizer step,
+shared by all its micro-batches), save (adapter, metrics), with checkpoints along the way. It takes the
+config object from the orchestrator but imports nothing from it, nor Ray or MLflow: progress reaches
+callers through `on_step`, so a Ray actor can forward it and a bare GPU box can just print it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from trainers import checkpoint as ckpt
+from trainers.adapters import attach_lora
+from trainers.data import BatchSchedule, collate, encode_all, load_splits
+from trainers.models import QuantSettings, default_device, load_base_model, load_tokenizer, resolve_base
+from trainers.optim import build_optimizer
+from trainers.qdylora import RankSampler, set_active_rank
+from trainers.qdylora.model import write_dynamic_meta
+
+ADAPTER_DIR, METRICS_FILE, CHECKPOINT_DIR, SUMMARY_FILE = "adapter", "metrics.jsonl", "checkpoints", "train_summary.json"
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    adapter_dir: Path
+    steps: int
+    final_loss: float
+    device_seconds: float
+
+
+def quant_settings(cfg) -> QuantSettings | None:
+    q = cfg.quantization
+    return QuantSettings(q.quant_type, q.double_quant, q.compute_dtype) if q.load_in_4bit else None
+
+
+class FinetuneRecipe:
+    def __init__(self, cfg, out_dir: str | Path, on_step: Callable[[dict], None] | None = None, progress: bool = True):
+        self.cfg, self.out_dir, self.on_step, self.progress = cfg, Path(out_dir), on_step, progress
+        self.device = default_device()
+
+    # ---- setup -------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, a, t = self.cfg, self.cfg.adapter, self.cfg.training
+        self.base_path = resolve_base(cfg.model.source)
+        self.tokenizer = load_tokenizer(self.base_path, cfg.model.trust_remote_code)
+        torch.manual_seed(t.seed)  # LoRA init and dropout draw from here
+        base = load_base_model(self.base_path, quant_settings(cfg), trust_remote_code=cfg.model.trust_remote_code,
+                               device=self.device)
+        self.model = attach_lora(
+            base, rank=a.full_rank, alpha=a.alpha, dropout=a.dropout, target_modules=a.target_modules,
+            dynamic=a.dynamic, update_mode=a.update_mode, gradient_checkpointing=t.gradient_checkpointing,
+        )
+        self.sampler = RankSampler(a.r_min, a.r_max, seed=t.seed + 1) if a.dynamic else None
+        splits = load_splits(cfg.data)
+        self.train_examples = encode_all(splits["train"], self.tokenizer, cfg.data.max_seq_len, cfg.data.packing)
+        self.schedule = BatchSchedule(len(self.train_examples), t.batch_size, t.seed)
+        self.optimizer = build_optimizer(t.optimizer, self.model.parameters(), t.lr, t.weight_decay)
+        self.scheduler = get_scheduler(
+            "constant_with_warmup" if t.lr_scheduler == "constant" else t.lr_scheduler, self.optimizer,
+            num_warmup_steps=math.ceil(t.warmup_ratio * t.max_steps), num_training_steps=t.max_steps,
+        )
+        self.start_step = 0
+        latest = ckpt.list_checkpoints(self.out_dir / CHECKPOINT_DIR)
+        if latest:
+            self.start_step = ckpt.load_checkpoint(latest[-1], self.model, self.optimizer, self.scheduler, self.sampler)
+            self._truncate_metrics(self.start_step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metrics logged after the checkpoint we resume from: those steps will be trained again."""
+        path = self.out_dir / METRICS_FILE
+        if path.exists():
+            kept = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
+            path.write_text("".join(l + "\n" for l in kept))
+
+    # ---- train -------------------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict:
+        t = self.cfg.training
+        rank = self.sampler.sample() if self.sampler else self.cfg.adapter.full_rank
+        if self.sampler:
+            set_active_rank(self.model, rank)  # once per optimizer step, never inside forward
+        total = 0.0
+        for micro in range(t.grad_accum_steps):
+            ids = self.schedule.indices(step * t.grad_accum_steps + micro)
+            batch = collate([self.train_examples[i] for i in ids], self.tokenizer.pad_token_id)
+            loss = self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss / t.grad_accum_steps
+            loss.backward()
+            total += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], t.max_grad_norm
+        )
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"step": step + 1, "train_loss": total, "rank": rank, "lr": lr, "grad_norm": float(grad_norm)}
+
+    def train(self) -> TrainResult:
+        t = self.cfg.training
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.train()
+        started, last = time.perf_counter(), {"train_loss": float("nan")}
+        bar = tqdm(range(self.start_step, t.max_steps), initial=self.start_step, total=t.max_steps,
+                   desc=f"{self.cfg.adapter.method} train", disable=not self.progress, dynamic_ncols=True)
+        with (self.out_dir / METRICS_FILE).open("a") as metrics:
+            for step in bar:
+                last = self.train_step(step)
+                metrics.write(json.dumps(last) + "\n")
+                metrics.flush()
+                if self.on_step:
+                    self.on_step(last)
+                if last["step"] % t.log_every == 0:
+                    bar.set_postfix(loss=f"{last['train_loss']:.4f}", rank=last["rank"])
+                if last["step"] % t.checkpoint_every == 0 and last["step"] < t.max_steps:
+                    ckpt.save_checkpoint(self.out_dir / CHECKPOINT_DIR, last["step"], self.model, self.optimizer,
+                                         self.scheduler, self.sampler, t.keep_checkpoints)
+        adapter_dir = self.save()
+        seconds = time.perf_counter() - started
+        summary = {"steps": t.max_steps, "resumed_from": self.start_step, "final_loss": last["train_loss"],
+                   "device": str(self.device), "device_seconds": seconds}
+        (self.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        return TrainResult(self.out_dir, adapter_dir, t.max_steps, last["train_loss"], seconds)
+
+    # ---- save --------------------------------------------------------------------------------------
+    def save(self) -> Path:
+        """The full adapter (rank r_max for qdylora) in PEFT's format, plus the dynamic-rank range."""
+        a = self.cfg.adapter
+        adapter_dir = self.out_dir / ADAPTER_DIR
+        if a.dynamic:
+            set_active_rank(self.model, a.r_max)
+        self.model.save_pretrained(adapter_dir, safe_serialization=True)
+        r_min, r_max = (a.r_min, a.r_max) if a.dynamic else (a.rank, a.rank)
+        write_dynamic_meta(adapter_dir, r_min, r_max, a.alpha, a.method)
+        return adapter_dir
+
+
+def train(cfg, out_dir: str | Path, on_step=None, progress: bool = True) -> TrainResult:
+    recipe = FinetuneRecipe(cfg, out_dir, on_step=on_step, progress=progress)
+    recipe.setup()
+    return recipe.train()

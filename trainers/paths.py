@@ -1,0 +1,22 @@
+"""The one cache folder: models, presets and built data live here under an absolute path.
+
+Ray actors run in working folders of their own, so nothing the pipeline needs may hang off the
+current directory. `DYRANK_HOME` overrides the default `~/.cache/dyrank`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def dyrank_home() -> Path:
+    home = Path(os.environ.get("DYRANK_HOME", "~/.cache/dyrank")).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def cache_dir(*parts: str) -> Path:
+    path = dyrank_home().joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,116 @@
+"""Wiring QDyLoRA into a PEFT LoRA model: attach, switch the active rank, sample ranks, export one rank."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file, save_file
+
+from trainers.qdylora.layer import RankTruncatedLinear
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+DYNAMIC_META = "dyrank_adapter.json"  # ranks the adapter was trained for; plain PEFT ignores this file
+
+
+def _lora_layers(model, adapter: str = "default"):
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            yield module
+
+
+def attach_dynamic_rank(model, update_mode: str = "cumulative", adapter: str = "default") -> int:
+    """Make every LoRA layer of a PEFT model rank-truncatable; returns how many layers were converted."""
+    count = 0
+    for layer in _lora_layers(model, adapter):
+        if not isinstance(layer.lora_A[adapter], RankTruncatedLinear):
+            layer.lora_A[adapter] = RankTruncatedLinear(layer.lora_A[adapter], rank_dim=0, update_mode=update_mode)
+            layer.lora_B[adapter] = RankTruncatedLinear(layer.lora_B[adapter], rank_dim=1, update_mode=update_mode)
+        count += 1
+    if count == 0:
+        raise ValueError("the model has no LoRA layers to make dynamic")
+    return count
+
+
+def set_active_rank(model, rank: int, adapter: str = "default") -> None:
+    """Use A[:rank], B[:, :rank] and scaling alpha/rank in every layer, until the next call."""
+    for layer in _lora_layers(model, adapter):
+        a, b = layer.lora_A[adapter], layer.lora_B[adapter]
+        if not 1 <= rank <= a.max_rank:
+            raise ValueError(f"rank {rank} is outside 1..{a.max_rank}")
+        a.active_rank = b.active_rank = rank
+        layer.scaling[adapter] = layer.lora_alpha[adapter] / rank
+
+
+def get_active_rank(model, adapter: str = "default") -> int:
+    ranks = {layer.lora_A[adapter].active_rank for layer in _lora_layers(model, adapter)}
+    if len(ranks) != 1:
+        raise RuntimeError(f"layers disagree on the active rank: {sorted(ranks)}")
+    return ranks.pop()
+
+
+class RankSampler:
+    """b ~ Uniform{r_min..r_max}, drawn once per optimizer step from its own seeded generator, so the
+    sequence does not depend on dropout or data order and can be checkpointed and resumed exactly."""
+
+    def __init__(self, r_min: int, r_max: int, seed: int):
+        if not 1 <= r_min <= r_max:
+            raise ValueError(f"need 1 <= r_min <= r_max, got {r_min}..{r_max}")
+        self.r_min, self.r_max = r_min, r_max
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self) -> int:
+        return int(torch.randint(self.r_min, self.r_max + 1, (1,), generator=self.generator))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def write_dynamic_meta(adapter_dir: Path, r_min: int, r_max: int, alpha: float, method: str) -> None:
+    meta = {"method": method, "dynamic": r_min != r_max or method.endswith("dylora"), "r_min": r_min, "r_max": r_max,
+            "lora_alpha": alpha}
+    (Path(adapter_dir) / DYNAMIC_META).write_text(json.dumps(meta, indent=2))
+
+
+def exportable_ranks(adapter_dir: Path) -> range:
+    """Ranks an adapter folder can be exported at: 1..r_max for a dynamic adapter, else its one rank."""
+    adapter_dir = Path(adapter_dir)
+    meta_path = adapter_dir / DYNAMIC_META
+    if meta_path.exists() and json.loads(meta_path.read_text())["dynamic"]:
+        return range(1, json.loads(meta_path.read_text())["r_max"] + 1)
+    rank = LoraConfig.from_pretrained(adapter_dir).r
+    return range(rank, rank + 1)
+
+
+def export_rank(adapter_dir: str | Path, rank: int, out_dir: str | Path) -> Path:
+    """Write a standard PEFT adapter of rank `rank`: r=rank, lora_alpha=alpha, A[:rank], B[:, :rank].
+
+    PEFT scales a rank-r adapter by lora_alpha / r, exactly the alpha / b that training used at b = rank,
+    so `PeftModel.from_pretrained(base, out_dir)` reproduces the dynamic model at active rank `rank`.
+    """
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    ranks = exportable_ranks(adapter_dir)
+    if rank not in ranks:
+        raise ValueError(f"rank {rank} is not exportable from {adapter_dir}: ranks {ranks.start}..{ranks.stop - 1}")
+    config = LoraConfig.from_pretrained(adapter_dir)
+    weights = load_file(adapter_dir / ADAPTER_WEIGHTS)
+    sliced = {}
+    for key, tensor in weights.items():
+        if ".lora_A." in key:
+            sliced[key] = tensor[:rank].contiguous()
+        elif ".lora_B." in key:
+            sliced[key] = tensor[:, :rank].contiguous()
+        else:
+            sliced[key] = tensor
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.r = rank
+    config.rank_pattern, config.alpha_pattern = {}, {}
+    config.save_pretrained(out_dir)
+    save_file(sliced, out_dir / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    return out_dir
