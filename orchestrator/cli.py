@@ -53,16 +53,78 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _print_event(kind: str, payload: dict) -> None:
+    if kind == "started":
+        print(f"pipeline run {payload['parent_run_id']}  (MLflow: {payload['tracking_uri']})", flush=True)
+    elif kind == "trained":
+        print(f"QDyLoRA trained in {payload['device_seconds']:.1f} s; sweeping ranks...", flush=True)
+    elif kind == "eval":
+        print(f"  rank {payload['rank']:>3}: eval_loss {payload['eval_loss']:.4f}", flush=True)
+
+
+def _print_result(result) -> None:
+    print()
+    print(result.table)
+    print(f"\nparent run: {result.parent_run_id}")
+
+
+def cmd_run(args) -> int:
+    from orchestrator.pipeline import run_pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    _print_result(run_pipeline(cfg, on_event=_print_event))
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from orchestrator.pipeline import resume_pipeline
+
+    result = resume_pipeline(args.run_id, args.tracking_uri, on_event=_print_event)
+    if result is None:
+        print(f"pipeline {args.run_id} already finished; nothing to do")
+    else:
+        _print_result(result)
+    return 0
+
+
+def _adapter_from_run(run_id: str, tracking_uri: str | None) -> Path:
+    """The full adapter of a pipeline run (or of one of its child runs), downloaded from MLflow."""
+    import tempfile
+
+    from orchestrator.tracking import PARENT_TAG, Tracker, check_reachable, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    check_reachable(uri)
+    tracker = Tracker(uri)
+    try:
+        run = tracker.run(run_id)
+    except Exception:
+        raise UsageError(f"{run_id}: neither a folder nor a run in {uri}") from None
+    parent = run.data.tags.get(PARENT_TAG, run_id)
+    return tracker.download(parent, "adapter", tempfile.mkdtemp(prefix="dyrank-export-"))
+
+
 def cmd_export(args) -> int:
     from trainers.qdylora import export_rank
 
     source = Path(args.source)
-    adapter = source / "adapter" if (source / "adapter").is_dir() else source
+    if source.exists():
+        adapter = source / "adapter" if (source / "adapter").is_dir() else source
+    else:
+        adapter = _adapter_from_run(args.source, args.tracking_uri)
     if not (adapter / "adapter_config.json").is_file():
-        raise UsageError(f"{source}: no adapter found (expected a dyrank train folder or an adapter folder)")
+        raise UsageError(f"{source}: no adapter found (expected a dyrank train folder, an adapter folder or a run id)")
     out = export_rank(adapter, args.rank, args.out)
     print(f"rank-{args.rank} PEFT adapter written to {out}")
     return 0
+
+
+def _pipeline_errors() -> tuple[type[Exception], ...]:
+    from orchestrator.pipeline import PipelineError
+    from orchestrator.ray_runtime import RayConnectError
+    from orchestrator.tracking import TrackingError
+
+    return PipelineError, RayConnectError, TrackingError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,8 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("run", help="the whole pipeline on Ray: train, baselines, every rank evaluated, MLflow")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="finish an interrupted pipeline; nothing is redone or recorded twice")
+    p.add_argument("run_id", help="the pipeline's MLflow parent run id")
+    p.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.set_defaults(func=cmd_resume)
+
     p = sub.add_parser("export", help="write a standard PEFT adapter for one rank")
-    p.add_argument("source", help="a dyrank train folder")
+    p.add_argument("source", help="a dyrank train folder, or an MLflow pipeline run id")
+    p.add_argument("--tracking-uri", help="MLflow store, when SOURCE is a run id")
     p.add_argument("--rank", type=int, required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
@@ -91,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, UsageError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, UsageError, FileNotFoundError, ValueError, *_pipeline_errors()) as exc:
         print(f"dyrank {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -27,12 +27,28 @@ class ConfigError(ValueError):
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_non_bool(cls, value: Any, info) -> Any:
+        # Lax floats/ints would turn YAML true/false into 1.0/0.0 (e.g. `lr: yes` -> lr 1.0).
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation is not bool:
+            raise ValueError("expected a value of this field's type, not true/false")
+        return value
 
-def _existing_path(value: str | None, what: str) -> str | None:
+
+def _existing_path(value: str | None, what: str, want_file: bool = False) -> str | None:
     if value is None:
         return None
+    if not value.strip():
+        raise ValueError(f"{what} is empty")
     path = Path(value).expanduser()
-    if not path.exists():
+    try:
+        found = path.is_file() if want_file else path.exists()
+    except OSError as exc:  # e.g. name too long: a ValueError here becomes a field error, not a traceback
+        raise ValueError(f"{what} cannot be checked: {path}: {exc.strerror or exc}") from None
+    if not found:
+        if want_file and path.exists():
+            raise ValueError(f"{what} is not a file: {path}")
         raise ValueError(f"{what} does not exist: {path}")
     return str(path.resolve())
 
@@ -100,11 +116,12 @@ class DataConfig(_Section):
     validation_file: str | None = Field(None, description="Held-out JSONL; if absent, validation_fraction of train_file is split off.")
     test_file: str | None = Field(None, description="JSONL scored only for the selected rank and the baselines.")
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of train_file split off (by record hash) when no validation_file.")
+    test_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of train_file split off as test (by record hash) when no test_file.")
     max_seq_len: PositiveInt = Field(256, description="Tokens per example; longer ones are cut from the right.")
     packing: bool = Field(False, description="Concatenate examples into max_seq_len blocks (faster, cross-example attention).")
 
     _check_files = field_validator("train_file", "validation_file", "test_file")(
-        lambda value, info: _existing_path(value, f"data.{info.field_name}")
+        lambda value, info: _existing_path(value, f"data.{info.field_name}", want_file=True)
     )
 
     @field_validator("dataset")
@@ -118,6 +135,8 @@ class DataConfig(_Section):
     def _one_source(self) -> "DataConfig":
         if (self.dataset is None) == (self.train_file is None):
             raise ValueError("give exactly one of data.dataset and data.train_file")
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise ValueError("validation_fraction + test_fraction must leave at least 10% for training")
         return self
 
 
@@ -141,7 +160,7 @@ class TrainingConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    ranks: list[PositiveInt] | Literal["all"] = Field("all", description="Ranks to evaluate: all = r_min..r_max, or a list.")
+    ranks: Annotated[list[PositiveInt], Field(min_length=1)] | Literal["all"] = Field("all", description="Ranks to evaluate: all = r_min..r_max, or a list.")
     batch_size: PositiveInt = Field(8, description="Examples per evaluation batch.")
     max_samples: PositiveInt | None = Field(None, description="Cap on evaluated examples per split (None: all).")
 
@@ -169,6 +188,10 @@ class ResourcesConfig(_Section):
     evaluator_cpus: PositiveFloat = Field(1.0, description="CPUs per evaluator actor.")
     gpu_memory_resource: str | None = Field(None, description="Custom Ray resource a worker must hold, e.g. gpu_32gb.")
     num_evaluators: PositiveInt | None = Field(None, description="Evaluator pool size; default: what resources allow.")
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join (RAY_ADDRESS wins); default: start a private local Ray on 127.0.0.1."
+    )
+    max_restarts: int = Field(2, ge=0, description="Times a dead actor is restarted; its unfinished work is retried.")
 
 
 class Config(_Section):
@@ -213,6 +236,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"--set {key}: value is not valid YAML: {exc}") from None
         node = raw
         parts = key.strip().split(".")
+        if not all(part.strip() for part in parts):
+            raise ConfigError(f"--set {item!r}: empty name in KEY {key.strip()!r}, e.g. --set training.lr=1e-4")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
@@ -225,11 +250,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def _format_errors(source: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        # Drop pydantic's union-member tags (e.g. "list[constrained-int]"): no config key holds "[".
+        field = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and "[" in p)) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        shown = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err['input']!r})"
+        # A whole section as "got" (from a cross-field check such as r_min <= r_max) only buries the message.
+        quiet = err["type"] in ("missing", "extra_forbidden") or (err["type"] == "value_error" and isinstance(err["input"], dict))
+        shown = "" if quiet else f" (got {err['input']!r})"
         lines.append(f"  {field}: {msg}{shown}")
     return f"invalid config {source}:\n" + "\n".join(lines)
 
@@ -245,9 +273,14 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file is not UTF-8 text: {path} ({exc.reason} at byte {exc.start})") from None
     if not text.strip():
         raise ConfigError(f"config file is empty: {path}")
     try:

@@ -40,22 +40,37 @@ def record_hash(record: dict) -> int:
     return int(hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12], 16)
 
 
-def split_by_hash(records: list[dict], fraction: float) -> tuple[list[dict], list[dict]]:
-    """Deterministic split: a record goes to the held-out side when its hash falls under `fraction`."""
-    held = [r for r in records if (record_hash(r) % 10_000) < fraction * 10_000]
-    kept = [r for r in records if (record_hash(r) % 10_000) >= fraction * 10_000]
-    return kept, held
+def split_by_hash(records: list[dict], fractions: dict[str, float]) -> dict[str, list[dict]]:
+    """Deterministic split: each record's hash picks a bucket in [0, 1); the first `fractions[name]` of
+    that interval goes to `name`, in order, and the rest to "train". Same records, same split, anywhere."""
+    splits: dict[str, list[dict]] = {"train": [], **{name: [] for name in fractions}}
+    for record in records:
+        bucket, edge = (record_hash(record) % 10_000) / 10_000, 0.0
+        for name, fraction in fractions.items():
+            edge += fraction
+            if bucket < edge:
+                splits[name].append(record)
+                break
+        else:
+            splits["train"].append(record)
+    return splits
 
 
 def load_splits(data) -> dict[str, list[dict]]:
-    """`data` is the config's data section; returns train / validation / test records (test may be empty)."""
-    train = read_jsonl(BUILTIN_DATASETS[data.dataset] if data.dataset else data.train_file)
+    """`data` is the config's data section; returns train / validation / test records. Held-out splits
+    without a file of their own are cut from the training file by record hash."""
+    records = read_jsonl(BUILTIN_DATASETS[data.dataset] if data.dataset else data.train_file)
+    cut = {}
+    if not data.validation_file:
+        cut["validation"] = data.validation_fraction
+    if not data.test_file:
+        cut["test"] = data.test_fraction
+    splits = split_by_hash(records, cut)
     if data.validation_file:
-        validation = read_jsonl(data.validation_file)
-    else:
-        train, validation = split_by_hash(train, data.validation_fraction)
-    test = read_jsonl(data.test_file) if data.test_file else []
-    return {"train": train, "validation": validation, "test": test}
+        splits["validation"] = read_jsonl(data.validation_file)
+    if data.test_file:
+        splits["test"] = read_jsonl(data.test_file)
+    return splits
 
 
 def prompt_and_completion(record: dict, tokenizer) -> tuple[str, str]:

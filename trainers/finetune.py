@@ -144,7 +144,21 @@ class FinetuneRecipe:
         return adapter_dir
 
 
+def finished_result(out_dir: str | Path) -> TrainResult | None:
+    """The result of a run that already finished in out_dir, read from disk; None if it did not finish."""
+    out_dir = Path(out_dir)
+    summary_path = out_dir / SUMMARY_FILE
+    if not summary_path.exists():
+        return None
+    summary = json.loads(summary_path.read_text())
+    return TrainResult(out_dir, out_dir / ADAPTER_DIR, summary["steps"], summary["final_loss"], summary["device_seconds"])
+
+
 def train(cfg, out_dir: str | Path, on_step=None, progress: bool = True) -> TrainResult:
+    """Train into out_dir, resuming from its last checkpoint; a run that already finished is not redone."""
+    done = finished_result(out_dir)
+    if done is not None and done.steps == cfg.training.max_steps:
+        return done
     recipe = FinetuneRecipe(cfg, out_dir, on_step=on_step, progress=progress)
     recipe.setup()
     return recipe.train()

@@ -1,0 +1,26 @@
+# Two commands do all the set-up on a fresh machine:  make demo   and   make test
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test demo clean
+
+# Idempotent: reinstalls only when pyproject.toml changes. torch is pinned exactly, so pip never pulls a second one.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/python -m pytest -q --durations=15
+
+demo: install
+	out=runs/tiny-$$(date +%Y%m%d-%H%M%S) && \
+	  $(BIN)/dyrank train examples/tiny.yaml --out $$out && \
+	  $(BIN)/dyrank export $$out --rank 4 --out $$out-rank4
+
+clean:
+	rm -rf runs reports mlruns

@@ -1,0 +1,65 @@
+"""What a pipeline shows a person: the summary table (terminal and CSV) and the rank-vs-metric plot."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+COLUMNS = ("eval_loss", "eval_perplexity", "eval_exact_match")
+
+
+def summary_table(ranks: list[dict], baselines: list[dict], selected_rank: int, metric: str = "eval_loss") -> str:
+    """Rank, eval loss and task metric per QDyLoRA rank, the selected one marked, QLoRA baselines below."""
+    head = f"{'':2}{'method':<9}{'rank':>5}  {'eval_loss':>10}  {'perplexity':>11}  {'exact_match':>11}"
+    lines = [head, "-" * len(head)]
+
+    def line(mark: str, method: str, row: dict) -> str:
+        return (f"{mark:2}{method:<9}{row['rank']:>5}  {row['eval_loss']:>10.4f}  {row['eval_perplexity']:>11.3f}  "
+                f"{row.get('eval_exact_match', float('nan')):>11.3f}")
+
+    for row in sorted(ranks, key=lambda r: r["rank"]):
+        lines.append(line("*" if row["rank"] == selected_rank else "", "qdylora", row))
+    if baselines:
+        lines.append("-" * len(head))
+        for row in sorted(baselines, key=lambda r: r["rank"]):
+            lines.append(line("", "qlora", row))
+    lines.append(f"* selected rank {selected_rank} (on validation {metric})")
+    return "\n".join(lines)
+
+
+def write_rank_csv(ranks: list[dict], baselines: list[dict], path: Path) -> Path:
+    rows = [{"method": "qdylora", **r} for r in ranks] + [{"method": "qlora", **b} for b in baselines]
+    keys = ["method", "rank", *COLUMNS]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(sorted(rows, key=lambda r: (r["method"], r["rank"])))
+    return path
+
+
+def plot_ranks(ranks: list[dict], baselines: list[dict], selected_rank: int, path: Path,
+               metric: str = "eval_loss", zeroshot: dict | None = None) -> Path:
+    """QDyLoRA's metric at every rank, QLoRA baselines as horizontal lines, the selected rank marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(ranks, key=lambda r: r["rank"])
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    ax.plot([r["rank"] for r in rows], [r[metric] for r in rows], marker="o", ms=3, label="QDyLoRA (one adapter)")
+    for i, base in enumerate(sorted(baselines, key=lambda r: r["rank"])):
+        ax.axhline(base[metric], ls="--", color=f"C{i + 1}", label=f"QLoRA r={base['rank']}")
+    if zeroshot and metric in zeroshot:
+        ax.axhline(zeroshot[metric], ls=":", color="grey", label="base model (zero-shot)")
+    chosen = next(r for r in rows if r["rank"] == selected_rank)
+    ax.scatter([selected_rank], [chosen[metric]], s=120, facecolors="none", edgecolors="red", zorder=5,
+               label=f"selected rank {selected_rank}")
+    ax.set_xlabel("rank")
+    ax.set_ylabel(f"{metric} (validation)")
+    ax.set_title("QDyLoRA: every rank from one training run")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

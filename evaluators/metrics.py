@@ -1,0 +1,110 @@
+"""Metrics for one model on one evaluation set: completion-token loss, perplexity, exact match.
+
+`evaluate` is one teacher-forced pass per batch (cheap enough to run at every rank); `generate_exact_match`
+decodes greedily and compares text, which is what a user of the adapter actually sees.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+
+import torch
+import torch.nn.functional as F
+
+from trainers.data import IGNORE_INDEX, eval_batches, prompt_and_completion
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def evaluate(model, examples: list[dict], tokenizer, batch_size: int, device=None) -> dict:
+    """Loss, perplexity and teacher-forced exact match over the completion tokens of `examples`.
+
+    `examples` are encoded records (trainers.data.encode: input_ids, labels with the prompt masked).
+    The loss is token-weighted over the whole set (sum of token losses / number of completion tokens),
+    so it does not depend on batch_size or on how the examples happen to be grouped.
+    """
+    if not examples:
+        raise ValueError("no examples to evaluate")
+    device = torch.device(device) if device is not None else _model_device(model)
+    was_training = model.training
+    model.eval()  # LoRA dropout off: every rank is scored deterministically
+    loss_sum, tokens, exact = 0.0, 0, 0
+    try:
+        for batch in eval_batches(examples, batch_size, tokenizer.pad_token_id):
+            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+            # Position t predicts token t+1; only completion tokens (label != -100) count.
+            labels = batch["labels"][:, 1:].to(logits.device)
+            mask = labels != IGNORE_INDEX
+            # Keep just the scored rows before upcasting: a full (batch, seq, vocab) fp32 copy can be GBs.
+            picked = logits[:, :-1][mask].float()
+            target = labels[mask]
+            loss_sum += F.cross_entropy(picked, target, reduction="sum").item()
+            tokens += int(mask.sum())
+            # An example is an exact match when every completion position's argmax is its label.
+            hits = torch.ones_like(labels, dtype=torch.bool)
+            hits[mask] = picked.argmax(-1) == target
+            exact += int((hits.all(dim=1) & mask.any(dim=1)).sum())
+    finally:
+        model.train(was_training)
+    if tokens == 0:
+        raise ValueError("the examples hold no completion tokens (every label is masked or truncated away)")
+    loss = loss_sum / tokens
+    return {
+        "eval_loss": loss,
+        "eval_perplexity": math.exp(min(loss, 700.0)),  # exp overflows a float past ~709
+        "eval_exact_match": exact / len(examples),
+        "eval_tokens": tokens,
+        "eval_examples": len(examples),
+    }
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation, collapse whitespace: '  Enots. ' and 'enots' compare equal."""
+    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@torch.inference_mode()
+def generate_answers(model, records: list[dict], tokenizer, max_new_tokens: int = 32, batch_size: int = 8,
+                     **generate_kwargs) -> list[str]:
+    """Greedy completions for the records' chat-template prompts, decoded without special tokens.
+
+    `generate_kwargs` go to `model.generate` (e.g. min_new_tokens)."""
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    answers = []
+    try:
+        for start in range(0, len(records), batch_size):
+            prompts = [prompt_and_completion(r, tokenizer)[0] for r in records[start:start + batch_size]]
+            # Same tokenization as training (no extra BOS), and left padding so every prompt ends at the
+            # last column: a decoder-only model continues from there.
+            ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+            width = max(len(x) for x in ids)
+            input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids], device=device)
+            attention_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+            out = model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                **generate_kwargs,
+            )
+            answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    finally:
+        model.train(was_training)
+    return answers
+
+
+def generate_exact_match(model, records: list[dict], tokenizer, max_new_tokens: int = 32, batch_size: int = 8,
+                         **generate_kwargs) -> dict:
+    """Fraction of records whose greedy completion equals the reference after `normalize_answer`."""
+    if not records:
+        raise ValueError("no records to generate for")
+    answers = generate_answers(model, records, tokenizer, max_new_tokens, batch_size, **generate_kwargs)
+    references = [prompt_and_completion(r, tokenizer)[1] for r in records]
+    hits = sum(normalize_answer(a) == normalize_answer(ref) for a, ref in zip(answers, references))
+    return {"gen_exact_match": hits / len(records)}

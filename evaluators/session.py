@@ -1,0 +1,61 @@
+"""One evaluation process's state, built from a pipeline config: the base is loaded once, an adapter
+can be attached later (after training finished elsewhere), and any split is scored at any rank.
+
+Metric names say the split: `eval_*` on validation (what ranks are selected on), `test_*` on test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peft import PeftModel
+
+from evaluators.metrics import evaluate, generate_exact_match
+from trainers.data import encode_all, load_splits
+from trainers.models import QuantSettings, load_base_model, load_tokenizer, resolve_base
+from trainers.qdylora import attach_dynamic_rank, set_active_rank
+
+SPLIT_PREFIX = {"validation": "eval_", "test": "test_"}
+
+
+def _quant(cfg) -> QuantSettings | None:
+    q = cfg.quantization
+    return QuantSettings(q.quant_type, q.double_quant, q.compute_dtype) if q.load_in_4bit else None
+
+
+class EvalSession:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        base_path = resolve_base(cfg.model.source)
+        self.tokenizer = load_tokenizer(base_path, cfg.model.trust_remote_code)
+        self.model = load_base_model(base_path, _quant(cfg), trust_remote_code=cfg.model.trust_remote_code).eval()
+        self.base_loads = 1  # and it stays 1: ranks switch in place, adapters attach to this base
+        limit = cfg.evaluation.max_samples
+        splits = load_splits(cfg.data)
+        self.records = {name: splits[name][:limit] for name in SPLIT_PREFIX}
+        self.examples = {name: encode_all(recs, self.tokenizer, cfg.data.max_seq_len) for name, recs in self.records.items()}
+
+    def attach_adapter_dir(self, adapter_dir: str | Path) -> None:
+        """Put a (dynamic or fixed-rank) adapter on the loaded base, replacing any earlier one."""
+        base = self.model.unload() if isinstance(self.model, PeftModel) else self.model
+        self.model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).eval()
+        attach_dynamic_rank(self.model)
+
+    def score(self, split: str, rank: int | None, generate: bool = False) -> dict:
+        """Metrics on `split` at `rank`; rank None scores the base alone (zero-shot)."""
+        if not self.records[split]:
+            raise ValueError(f"the {split} split is empty")
+        if rank is None and isinstance(self.model, PeftModel):
+            with self.model.disable_adapter():
+                return self._score(split, generate)
+        if rank is not None:
+            set_active_rank(self.model, rank)
+        return self._score(split, generate)
+
+    def _score(self, split: str, generate: bool) -> dict:
+        batch = self.cfg.evaluation.batch_size
+        row = evaluate(self.model, self.examples[split], self.tokenizer, batch)
+        if generate:
+            row.update(generate_exact_match(self.model, self.records[split], self.tokenizer, batch_size=batch))
+        prefix = SPLIT_PREFIX[split]
+        return {prefix + k.removeprefix("eval_"): v for k, v in row.items()}

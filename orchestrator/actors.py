@@ -1,0 +1,134 @@
+"""Ray actors: trainers (one per training job) and rank evaluators (a pool, one base load each).
+
+Actors return plain dicts; they never touch MLflow (the driver is the only writer). Adapters travel as
+file bytes through Ray's object store, so evaluators on other nodes need no shared disk.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import torch
+
+
+def _pin_threads(num_cpus: float) -> None:
+    # Fractional CPUs share cores with other actors: one thread each so they do not fight.
+    torch.set_num_threads(max(1, int(num_cpus)))
+
+
+def _placement() -> dict:
+    ctx = ray.get_runtime_context()
+    return {"actor_id": ctx.get_actor_id(), "node_id": ctx.get_node_id(), "pid": os.getpid(),
+            "gpu_ids": [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])]}
+
+
+def _free_accelerator_memory() -> None:
+    """Long-lived actors that run many CUDA tasks leak cached blocks: release them after each task."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def read_adapter_files(adapter_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in Path(adapter_dir).iterdir() if p.is_file()}
+
+
+def write_adapter_files(files: dict[str, bytes], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+class _Worker:
+    def __init__(self, config: dict, num_cpus: float):
+        from orchestrator.config import Config
+
+        _pin_threads(num_cpus)
+        self.cfg = Config.model_validate(config)
+
+    def placement(self) -> dict:
+        return _placement()
+
+
+@ray.remote
+class Trainer(_Worker):
+    """Trains one job (the QDyLoRA run or one QLoRA baseline) into out_dir, resuming from its checkpoints,
+    so a restarted actor picks up where the dead one stopped."""
+
+    def train(self, out_dir: str, evaluate_on: tuple[str, ...] = ()) -> dict:
+        from trainers.finetune import train
+
+        started = time.time()
+        result = train(self.cfg, out_dir, progress=False)
+        metrics = [line for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines() if line]
+        reply = {
+            "start": started, "end": time.time(), "device_seconds": result.device_seconds, "steps": result.steps,
+            "final_loss": result.final_loss, "metrics": metrics, "adapter_files": read_adapter_files(result.adapter_dir),
+            **_placement(),
+        }
+        if evaluate_on:  # baselines score themselves with the evaluators' code, on their own run
+            reply["scores"] = self._score(result.adapter_dir, evaluate_on)
+        _free_accelerator_memory()
+        return reply
+
+    def _score(self, adapter_dir: Path, splits: tuple[str, ...]) -> dict:
+        from evaluators.session import EvalSession
+
+        session = EvalSession(self.cfg)
+        session.attach_adapter_dir(adapter_dir)
+        scores = {}
+        for split in splits:
+            scores.update(session.score(split, rank=self.cfg.adapter.full_rank, generate=split == "test"))
+        return scores
+
+
+@ray.remote
+class RankEvaluator(_Worker):
+    """Loads the base once, then scores many ranks by switching the active rank on one adapter."""
+
+    def __init__(self, config: dict, num_cpus: float):
+        super().__init__(config, num_cpus)
+        from evaluators.session import EvalSession
+
+        self.session = EvalSession(self.cfg)
+        self.adapter_key = None
+        self.scratch = Path(tempfile.mkdtemp(prefix="dyrank-eval-"))
+
+    def _ensure_adapter(self, key: str, files_ref: list) -> None:
+        if self.adapter_key != key:
+            files = ray.get(files_ref[0])  # the ref arrives wrapped so Ray does not fetch it on every call
+            self.session.attach_adapter_dir(write_adapter_files(files, self.scratch / key))
+            self.adapter_key = key
+
+    def evaluate_rank(self, rank: int, split: str, key: str, files_ref: list, generate: bool = False) -> dict:
+        self._ensure_adapter(key, files_ref)
+        started = time.time()
+        row = {"rank": rank, **self.session.score(split, rank=rank, generate=generate)}
+        row.update(start=started, end=time.time(), seconds=time.time() - started, **_placement())
+        _free_accelerator_memory()
+        return row
+
+    def evaluate_base(self, split: str, generate: bool = False) -> dict:
+        started = time.time()
+        row = self.session.score(split, rank=None, generate=generate)
+        row.update(start=started, end=time.time(), seconds=time.time() - started, **_placement())
+        return row
+
+    def stats(self) -> dict:
+        return {"base_loads": self.session.base_loads, **_placement()}
+
+
+def actor_options(cfg, role: str) -> dict:
+    """Ray options from the config's resources: GPUs (fractions share a card), CPUs, a GPU memory class."""
+    r = cfg.resources
+    gpus, cpus = (r.trainer_gpus, r.trainer_cpus) if role == "trainer" else (r.evaluator_gpus, r.evaluator_cpus)
+    options = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": r.max_restarts, "max_task_retries": r.max_restarts}
+    if r.gpu_memory_resource:
+        options["resources"] = {r.gpu_memory_resource: gpus if gpus else 1}
+    return options

@@ -1,0 +1,378 @@
+"""The pipeline: one QDyLoRA training, QLoRA baselines beside it, every rank evaluated, one selected.
+
+Stages, in the order `Pipeline.run` calls them:
+  1. trainers   one Ray actor per training job (QDyLoRA + each baseline), launched together
+  2. evaluators a pool that loads the base while training runs and scores the base model (zero-shot)
+  3. sweep      the QDyLoRA adapter fans out: every rank scored on validation, results streamed back
+  4. select     the policy picks a rank on validation; the selected rank and baselines are scored on test
+  5. summarize  parent metrics, plot, CSV and the summary table
+The driver is MLflow's only writer. A child run is created when its result is in, so a resumed pipeline
+(`dyrank resume`) finds finished work as finished runs and never records anything twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import ray
+from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
+
+from dashboards.summary import plot_ranks, summary_table, write_rank_csv
+from evaluators.selection import select_rank
+from orchestrator.actors import RankEvaluator, Trainer, actor_options, read_adapter_files
+from orchestrator.tracking import Tracker
+from trainers.paths import cache_dir
+
+TRAIN_SERIES = {"train_loss": "train_loss", "rank": "sampled_rank", "lr": "lr", "grad_norm": "grad_norm"}
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+@dataclass
+class PipelineResult:
+    parent_run_id: str
+    selected_rank: int
+    ranks: list[dict]
+    baselines: list[dict]
+    table: str
+
+
+def _metric_rows(lines: list[str]) -> list[dict]:
+    return [{TRAIN_SERIES.get(k, k): v for k, v in json.loads(line).items()} for line in lines]
+
+
+def _scalars(row: dict) -> dict:
+    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class Pipeline:
+    def __init__(self, cfg, tracker: Tracker, parent_id: str, on_event: Callable[[str, dict], None] | None = None):
+        self.cfg, self.tracker, self.parent_id = cfg, tracker, parent_id
+        self.experiment_id = tracker.run(parent_id).info.experiment_id
+        self.on_event = on_event or (lambda kind, payload: None)
+        self.workdir = cache_dir("pipelines", parent_id)
+        self.config_dict = cfg.model_dump(mode="json")
+        self.actors: list = []
+
+    # ---- bookkeeping -----------------------------------------------------------------------------
+    def _existing(self) -> dict[tuple[str, int | None], object]:
+        """Child runs already recorded, by (kind, rank); a FINISHED one means that work is done."""
+        found = {}
+        for run in self.tracker.children(self.parent_id):
+            kind = run.data.tags.get("dyrank.kind")
+            rank = run.data.params.get("rank")
+            found[(kind, int(rank) if rank is not None else None)] = run
+        return found
+
+    def _record(self, kind: str, rank: int | None, name: str, reply: dict, metrics: dict, series: list[dict] = ()):
+        """Create (or reuse, if an interrupted driver left it unfinished) the child run for one result."""
+        existing = self.existing.get((kind, rank))
+        tags = {"dyrank.actor_id": reply.get("actor_id"), "dyrank.node_id": reply.get("node_id"),
+                "dyrank.gpu_ids": ",".join(reply.get("gpu_ids", []))}
+        params = {"method": "qlora" if kind == "baseline" else self.cfg.adapter.method if kind != "zeroshot" else "base"}
+        if rank is not None:
+            params["rank"] = rank
+        if existing is not None and existing.info.status != "FINISHED":
+            run_id = existing.info.run_id
+            self.tracker.set_tags(run_id, tags)
+        else:
+            run_id = self.tracker.create_run(self.experiment_id, kind, name, self.parent_id, params, tags, reply.get("start"))
+        if series:
+            self.tracker.log_series(run_id, series, TRAIN_SERIES.values())
+        self.tracker.log_metrics(run_id, metrics)
+        self.tracker.finish(run_id, reply.get("end"))
+        self.existing[(kind, rank)] = self.tracker.run(run_id)
+        return run_id
+
+    # ---- 1. trainers -----------------------------------------------------------------------------
+    def _job_config(self, baseline_rank: int | None) -> dict:
+        if baseline_rank is None:
+            return self.config_dict
+        cfg = json.loads(json.dumps(self.config_dict))
+        cfg["adapter"].update(method="qlora", rank=baseline_rank)
+        cfg["evaluation"]["ranks"] = [baseline_rank]
+        return cfg
+
+    def launch_trainers(self) -> dict:
+        """Start every unfinished training job at once; Ray runs them in parallel as resources allow."""
+        jobs = {}
+        wanted = [("train", self.cfg.adapter.full_rank, None)] + [("baseline", r, r) for r in self.cfg.baselines.ranks]
+        for kind, rank, baseline_rank in wanted:
+            done = self.existing.get((kind, rank))
+            if done is not None and done.info.status == "FINISHED":
+                continue
+            options = actor_options(self.cfg, "trainer")
+            actor = Trainer.options(**options).remote(self._job_config(baseline_rank), options["num_cpus"])
+            self.actors.append(actor)
+            out = self.workdir / (kind if kind == "train" else f"baseline-r{rank}")
+            jobs[(kind, rank)] = (actor, actor.train.remote(str(out), ("validation", "test") if kind == "baseline" else ()))
+        return jobs
+
+    def _release(self, actor) -> None:
+        """A finished trainer gives its CPUs/GPU back at once, so evaluators waiting for them can start."""
+        ray.kill(actor, no_restart=True)
+        self.actors.remove(actor)
+
+    def finish_training(self, job) -> tuple[str, object]:
+        """Wait for the QDyLoRA training, record it, and put its adapter in the object store.
+        The adapter is logged before the run is marked FINISHED, so a finished run always has one."""
+        rank = self.cfg.adapter.full_rank
+        if job is None:  # finished before an interruption: the adapter is in MLflow
+            files = read_adapter_files(self.tracker.download(self.parent_id, "adapter", self.workdir / "downloaded"))
+        else:
+            actor, ref = job
+            reply = self._get(ref, "train", rank)
+            self._release(actor)
+            files = reply.pop("adapter_files")
+            folder = self.workdir / "adapter"
+            folder.mkdir(exist_ok=True)
+            for name, data in files.items():
+                (folder / name).write_bytes(data)
+            self.tracker.log_artifact(self.parent_id, folder, "adapter")
+            metrics = {"device_seconds": reply["device_seconds"], "final_train_loss": reply["final_loss"]}
+            self._record("train", rank, "qdylora-train", reply, metrics, _metric_rows(reply["metrics"]))
+            self.on_event("trained", reply)
+        return f"{self.parent_id}-adapter", ray.put(files)
+
+    def _get(self, ref, kind: str, rank: int | None):
+        try:
+            return ray.get(ref)
+        except (RayTaskError, RayActorError) as exc:
+            reason = str(exc).strip().splitlines()[-1][:2000] if str(exc).strip() else type(exc).__name__
+            run_id = self.tracker.create_run(self.experiment_id, kind, f"{kind}-failed", self.parent_id,
+                                             {"rank": rank} if rank is not None else None)
+            self.tracker.fail(run_id, reason)
+            raise PipelineError(f"{kind} (rank {rank}) failed: {reason}") from None
+
+    # ---- 2. evaluators ---------------------------------------------------------------------------
+    def pool_size(self, num_ranks: int) -> int:
+        r = self.cfg.resources
+        if r.num_evaluators:
+            return min(r.num_evaluators, num_ranks)
+        total = ray.cluster_resources()
+        fits = [total.get("CPU", 1) / r.evaluator_cpus]
+        if r.evaluator_gpus:
+            fits.append(total.get("GPU", 0) / r.evaluator_gpus)
+        return max(1, min(num_ranks, math.floor(min(fits))))
+
+    def start_evaluators(self, n: int) -> list:
+        options = actor_options(self.cfg, "evaluator")
+        pool = [RankEvaluator.options(**options).remote(self.config_dict, options["num_cpus"]) for _ in range(n)]
+        self.actors += pool
+        return pool
+
+    # ---- 3. sweep --------------------------------------------------------------------------------
+    def record_baseline(self, rank: int, reply: dict) -> None:
+        reply.pop("adapter_files")
+        metrics = {**reply["scores"], "device_seconds": reply["device_seconds"]}
+        self._record("baseline", rank, f"qlora-r{rank}", reply, metrics, _metric_rows(reply["metrics"]))
+
+    def sweep(self, pool: list, adapter_key: str, files_ref, baseline_jobs: dict) -> list[dict]:
+        """Spread the unrecorded ranks over the pool and record each result the moment it arrives;
+        baselines still training are collected in the same loop, so no finished work waits on another."""
+        results = {rank: self._row(run) for (kind, rank), run in self.existing.items()
+                   if kind == "eval" and run.info.status == "FINISHED"}
+        pending = deque(r for r in self.cfg.eval_ranks() if r not in results)
+        # An evaluator gets work only once it is up: one still waiting for resources would sit on it.
+        waiting = {a.stats.remote(): ("ready", a, None) for a in pool}
+        waiting.update({ref: ("baseline", actor, rank) for (_, rank), (actor, ref) in baseline_jobs.items()})
+        idle, failures, alive = [], Counter(), len(pool)
+        while pending or waiting:
+            while pending and idle:
+                actor, rank = idle.pop(), pending.popleft()
+                waiting[actor.evaluate_rank.remote(rank, "validation", adapter_key, [files_ref])] = ("eval", actor, rank)
+            if not waiting:
+                raise PipelineError(f"every evaluator died; ranks left: {list(pending)}")
+            [ref], _ = ray.wait(list(waiting), num_returns=1)
+            what, actor, rank = waiting.pop(ref)
+            if what == "baseline":
+                self.record_baseline(rank, self._get(ref, "baseline", rank))
+                self._release(actor)
+                continue
+            try:
+                row = ray.get(ref)
+            except (RayActorError, RayTaskError) as exc:
+                if isinstance(exc, ActorDiedError):
+                    alive -= 1  # restarts used up; its work goes to the others
+                else:
+                    idle.append(actor)  # the actor lives: only the task failed
+                if what == "eval":
+                    failures[rank] += 1
+                    if failures[rank] > self.cfg.resources.max_restarts or alive == 0:
+                        raise PipelineError(f"rank {rank} failed {failures[rank]} times: {str(exc).splitlines()[-1]}") from None
+                    pending.appendleft(rank)
+                continue
+            idle.append(actor)
+            if what == "ready" or rank in results:  # a duplicate from a retry: the first result stands
+                continue
+            self._record("eval", rank, f"rank-{rank}", row, _scalars({k: v for k, v in row.items() if k != "rank"}))
+            results[rank] = row
+            self.on_event("eval", row)
+        return [results[r] for r in sorted(results)]
+
+    @staticmethod
+    def _row(run) -> dict:
+        return {"rank": int(run.data.params["rank"]), **run.data.metrics}
+
+    # ---- the whole thing -------------------------------------------------------------------------
+    def run(self) -> PipelineResult:
+        self.existing = self._existing()
+        cfg = self.cfg
+        started = time.time()
+        jobs = self.launch_trainers()
+        ranks_to_do = cfg.eval_ranks()
+        pool = self.start_evaluators(self.pool_size(len(ranks_to_do)))
+
+        zeroshot_ref = None
+        if ("zeroshot", None) not in self.existing or self.existing[("zeroshot", None)].info.status != "FINISHED":
+            zeroshot_ref = pool[0].evaluate_base.remote("validation")
+        adapter_key, files_ref = self.finish_training(jobs.get(("train", cfg.adapter.full_rank)))
+        if zeroshot_ref is not None:
+            reply = self._get(zeroshot_ref, "zeroshot", None)
+            self._record("zeroshot", None, "zeroshot", reply, _scalars(reply))
+        zeroshot = self._row_or_metrics(("zeroshot", None))
+
+        baseline_jobs = {key: job for key, job in jobs.items() if key[0] == "baseline"}
+        ranks = self.sweep(pool, adapter_key, files_ref, baseline_jobs)
+        baselines = [self._row(self.existing[("baseline", rank)]) for rank in cfg.baselines.ranks]
+
+        s = cfg.selection
+        selected = select_rank(ranks, s.metric, s.policy, s.tolerance, s.greater_is_better)
+        test = ray.get(pool[0].evaluate_rank.remote(selected["rank"], "test", adapter_key, [files_ref], True))
+        test_metrics = {k: v for k, v in test.items() if k.startswith("test_")}
+        self.tracker.log_metrics(self.existing[("eval", selected["rank"])].info.run_id, test_metrics)
+        stats = ray.get([a.stats.remote() for a in pool])
+        self.tracker.set_tags(self.parent_id, {"dyrank.evaluator_base_loads": json.dumps(
+            {s["actor_id"]: s["base_loads"] for s in stats})})
+        return self.summarize(ranks, baselines, selected, test_metrics, zeroshot, started)
+
+    def _row_or_metrics(self, key) -> dict:
+        run = self.existing.get(key)
+        return dict(run.data.metrics) if run is not None else {}
+
+    # ---- 5. summarize ----------------------------------------------------------------------------
+    def summarize(self, ranks, baselines, selected, test_metrics, zeroshot, started) -> PipelineResult:
+        metric = self.cfg.selection.metric
+        best_baseline = min(baselines, key=lambda b: b[metric]) if baselines else None
+        parent = {
+            "best_rank": selected["rank"], f"best_{metric}": selected[metric],
+            "train_device_seconds": self._row_or_metrics(("train", self.cfg.adapter.full_rank)).get("device_seconds", 0.0),
+            "baseline_device_seconds": sum(b.get("device_seconds", 0.0) for b in baselines),
+            "eval_device_seconds": sum(r.get("seconds", 0.0) for r in ranks),
+            "pipeline_wall_seconds": time.time() - started,
+            **{f"selected_{k}": v for k, v in test_metrics.items()},
+            **{f"zeroshot_{k}": v for k, v in zeroshot.items() if k.startswith("eval_")},
+        }
+        if best_baseline is not None:
+            parent[f"best_baseline_{metric}"] = best_baseline[metric]
+            parent["best_baseline_rank"] = best_baseline["rank"]
+            parent[f"{metric}_minus_best_baseline"] = selected[metric] - best_baseline[metric]
+            for b in baselines:
+                parent.update({f"qlora_r{b['rank']}_{k}": v for k, v in b.items() if k.startswith("test_")})
+        self.tracker.log_metrics(self.parent_id, parent)
+        out = self.workdir / "report"
+        out.mkdir(exist_ok=True)
+        plot_ranks(ranks, baselines, selected["rank"], out / "rank_vs_metric.png", metric, zeroshot)
+        write_rank_csv(ranks, baselines, out / "ranks.csv")
+        table = summary_table(ranks, baselines, selected["rank"], metric)
+        (out / "summary.txt").write_text(table + "\n")
+        self.tracker.log_artifact(self.parent_id, out)
+        return PipelineResult(self.parent_id, selected["rank"], ranks, baselines, table)
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
+
+# ---- entry points: `dyrank run` and `dyrank resume` ------------------------------------------------
+def _preflight(cfg) -> Tracker:
+    """Everything that can be known before an actor starts: data readable, tracking store reachable."""
+    from orchestrator.ray_runtime import in_ray_job
+    from orchestrator.tracking import check_reachable, resolve_tracking_uri
+    from trainers.data import load_splits
+
+    import os
+
+    if in_ray_job() and not os.environ.get("MLFLOW_TRACKING_URI") and not (
+        cfg.tracking.uri and (cfg.tracking.uri.startswith(("http://", "https://", "sqlite:////")))
+    ):
+        raise PipelineError(
+            "inside a Ray job the working folder is temporary, so a default ./mlflow.db would vanish; pass one: "
+            "--runtime-env-json '{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"sqlite:////abs/path/mlflow.db\"}}'"
+        )
+    splits = load_splits(cfg.data)
+    for name in ("train", "validation", "test"):
+        if not splits[name]:
+            raise PipelineError(f"data: the {name} split is empty; add records or adjust data.{name}_fraction")
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    check_reachable(uri)
+    return Tracker(uri)
+
+
+def _execute(cfg, tracker: Tracker, parent_id: str, on_event) -> PipelineResult:
+    from orchestrator.ray_runtime import connect
+
+    pipeline = None
+    try:
+        connect(cfg.resources.ray_address)
+        pipeline = Pipeline(cfg, tracker, parent_id, on_event)
+        result = pipeline.run()
+        tracker.finish(parent_id)
+        return result
+    except KeyboardInterrupt:
+        tracker.set_tags(parent_id, {"dyrank.failure_reason": f"interrupted; continue with: dyrank resume {parent_id}"})
+        tracker.client.set_terminated(parent_id, "KILLED")
+        raise
+    except Exception as exc:
+        tracker.fail(parent_id, f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if pipeline is not None:
+            pipeline.shutdown()
+
+
+def run_pipeline(cfg, on_event=None) -> PipelineResult:
+    on_event = on_event or (lambda kind, payload: None)
+    tracker = _preflight(cfg)
+    experiment = tracker.experiment_id(cfg.tracking.experiment or cfg.name)
+    parent_id = tracker.create_run(experiment, "pipeline", cfg.name, params=cfg.model_dump(mode="json"),
+                                   tags={"dyrank.config_name": cfg.name})
+    tracker.client.log_text(parent_id, cfg.to_yaml(), "config.yaml")
+    on_event("started", {"parent_run_id": parent_id, "tracking_uri": tracker.uri})
+    return _execute(cfg, tracker, parent_id, on_event)
+
+
+def resume_pipeline(parent_id: str, tracking_uri: str | None = None, on_event=None) -> PipelineResult | None:
+    """Finish an interrupted pipeline: recorded work is kept, the rest is done once. None if it had finished."""
+    from orchestrator.config import parse_config
+    from orchestrator.tracking import check_reachable, resolve_tracking_uri
+
+    import yaml
+
+    on_event = on_event or (lambda kind, payload: None)
+    uri = resolve_tracking_uri(tracking_uri)
+    check_reachable(uri)
+    tracker = Tracker(uri)
+    try:
+        parent = tracker.run(parent_id)
+    except Exception:
+        raise PipelineError(f"no pipeline run {parent_id} in {uri}") from None
+    if parent.data.tags.get("dyrank.kind") != "pipeline":
+        raise PipelineError(f"run {parent_id} is not a dyrank pipeline run")
+    if parent.info.status == "FINISHED":
+        return None
+    text = (Path(tracker.download(parent_id, "config.yaml", cache_dir("pipelines", parent_id)))).read_text()
+    cfg = parse_config(yaml.safe_load(text), f"config.yaml of run {parent_id}")
+    _preflight(cfg)
+    tracker.client.update_run(parent_id, status="RUNNING")
+    on_event("started", {"parent_run_id": parent_id, "tracking_uri": uri})
+    return _execute(cfg, tracker, parent_id, on_event)

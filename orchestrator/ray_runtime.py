@@ -1,0 +1,33 @@
+"""Joining Ray: a private local Ray by default, a cluster when one is named, the job's cluster under
+`ray job submit`. The dashboard binds to 127.0.0.1: an unauthenticated Jobs API is remote code execution."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a submitted entrypoint
+
+
+class RayConnectError(RuntimeError):
+    pass
+
+
+def in_ray_job() -> bool:
+    return JOB_ENV in os.environ
+
+
+def connect(address: str | None = None) -> None:
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS") or address
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            # "local" starts a fresh private cluster, never silently joining one left running.
+            ray.init(address="local", dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RayConnectError(f"cannot reach Ray at {address or 'local'}: {first_line}") from None

@@ -1,0 +1,39 @@
+"""Shared test setup: an isolated cache, tiny models built from a config, a GPU marker that skips on CPU."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before any project import: presets and built data go to a test cache, never the user's.
+os.environ.setdefault("DYRANK_HOME", str(Path(tempfile.gettempdir()) / "dyrank-test-home"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_YAML = REPO / "examples" / "tiny.yaml"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    # Two cores here; more threads only add scheduling noise to CPU tests.
+    torch.set_num_threads(2)
+
+
+def tiny_config(*overrides: str):
+    from orchestrator.config import load_config
+
+    return load_config(TINY_YAML, list(overrides))

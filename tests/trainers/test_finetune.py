@@ -1,0 +1,101 @@
+"""The training recipe: a real NF4 base trains on the CPU, ranks are sampled per step, resume is exact."""
+
+from __future__ import annotations
+
+import json
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import tiny_config
+from tests.trainers.test_rank_sampler import assert_uniform
+from trainers.finetune import FinetuneRecipe, train
+from trainers.qdylora import RankTruncatedLinear
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_nf4_base_trains_on_cpu(tmp_path):
+    cfg = tiny_config("training.max_steps=30", "training.lr=0.005")
+    recipe = FinetuneRecipe(cfg, tmp_path, progress=False)
+    recipe.setup()
+
+    targets = [m for m in recipe.model.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
+    assert len(targets) == 2 * 7  # q k v o gate up down in each of 2 blocks; never lm_head
+    for layer in targets:
+        assert isinstance(layer.base_layer, bnb.nn.Linear4bit)
+        state = layer.base_layer.weight.quant_state
+        assert state.quant_type == "nf4" and state.nested, "NF4 with double quantization"
+        assert isinstance(layer.lora_A["default"], RankTruncatedLinear)
+    assert not isinstance(recipe.model.base_model.model.lm_head, bnb.nn.Linear4bit)
+
+    recipe.train()
+    losses = [m["train_loss"] for m in _metrics(tmp_path)]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.05, losses
+
+
+def test_one_sampled_rank_per_step_shared_by_its_micro_batches(tmp_path):
+    steps, accum = 240, 2
+    cfg = tiny_config(f"training.max_steps={steps}", f"training.grad_accum_steps={accum}", "adapter.r_max=4",
+                      "training.batch_size=2", "data.max_seq_len=24", "quantization.load_in_4bit=false",
+                      "training.gradient_checkpointing=false", "training.checkpoint_every=1000")
+    recipe = FinetuneRecipe(cfg, tmp_path, progress=False)
+    recipe.setup()
+    seen = []  # active rank at every micro-batch forward, read inside the model
+    factor = next(m for m in recipe.model.modules() if isinstance(m, RankTruncatedLinear))
+    factor.register_forward_hook(lambda mod, inp, out: seen.append(mod.active_rank))
+    recipe.train()
+
+    recorded = [m["rank"] for m in _metrics(tmp_path)]
+    assert len(recorded) == steps
+    assert seen == [r for r in recorded for _ in range(accum)], "rank changed inside an optimizer step"
+    assert_uniform(recorded, 1, 4)
+
+
+def test_resume_reaches_the_same_final_weights(tmp_path):
+    overrides = ("training.max_steps=12", "training.checkpoint_every=4", "training.keep_checkpoints=1")
+    straight = train(tiny_config(*overrides), tmp_path / "straight", progress=False)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_10(metrics):
+        if metrics["step"] == 10:
+            raise Interrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(Interrupt):
+        train(tiny_config(*overrides), cut, on_step=stop_at_10, progress=False)
+    assert [p.name for p in (cut / "checkpoints").iterdir()] == ["step-00000008"]
+    resumed = FinetuneRecipe(tiny_config(*overrides), cut, progress=False)
+    resumed.setup()
+    assert resumed.start_step == 8
+    resumed.train()
+
+    a = load_file(straight.adapter_dir / "adapter_model.safetensors")
+    b = load_file(cut / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [m["rank"] for m in _metrics(cut)] == [m["rank"] for m in _metrics(tmp_path / "straight")]
+
+
+def test_frozen_mode_trains(tmp_path):
+    cfg = tiny_config("training.max_steps=4", "adapter.update_mode=frozen")
+    result = train(cfg, tmp_path, progress=False)
+    assert result.steps == 4 and (result.adapter_dir / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.gpu
+def test_paged_optimizer_pages_on_cuda(tmp_path):
+    cfg = tiny_config("training.max_steps=3")
+    recipe = FinetuneRecipe(cfg, tmp_path, progress=False)
+    recipe.setup()
+    assert next(recipe.model.parameters()).is_cuda
+    recipe.train()
+    states = [s for s in recipe.optimizer.state.values() if "state1" in s]
+    assert states and all(getattr(s["state1"], "is_paged", False) for s in states)
