@@ -163,9 +163,13 @@ class Pipeline:
             fits.append(total.get("GPU", 0) / r.evaluator_gpus)
         return max(1, min(num_ranks, math.floor(min(fits))))
 
+    def evaluator_name(self, index: int) -> str:
+        return f"RankEvaluator-{self.parent_id[:12]}-{index}"  # findable in `ray list actors`
+
     def start_evaluators(self, n: int) -> list:
         options = actor_options(self.cfg, "evaluator")
-        pool = [RankEvaluator.options(**options).remote(self.config_dict, options["num_cpus"]) for _ in range(n)]
+        pool = [RankEvaluator.options(name=self.evaluator_name(i), **options).remote(self.config_dict, options["num_cpus"])
+                for i in range(n)]
         self.actors += pool
         return pool
 
@@ -284,7 +288,7 @@ class Pipeline:
         write_rank_csv(ranks, baselines, out / "ranks.csv")
         table = summary_table(ranks, baselines, selected["rank"], metric)
         (out / "summary.txt").write_text(table + "\n")
-        self.tracker.log_artifact(self.parent_id, out)
+        self.tracker.log_artifact(self.parent_id, out, "report")
         return PipelineResult(self.parent_id, selected["rank"], ranks, baselines, table)
 
     def shutdown(self) -> None:

@@ -1,0 +1,172 @@
+"""The pipeline end to end on the tiny model, read back through MlflowClient (deleted runs included)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import ray
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+from evaluators.metrics import evaluate
+from evaluators.selection import select_rank
+from evaluators.sweep import load_adapter
+from orchestrator.pipeline import run_pipeline
+from tests.conftest import tiny_config
+from trainers.data import encode_all, load_splits
+from trainers.models import load_tokenizer, resolve_base
+from trainers.qdylora import export_rank
+
+pytestmark = pytest.mark.slow
+
+
+def all_runs(uri: str, parent_id: str) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment], run_view_type=ViewType.ALL, max_results=10_000)
+
+
+def children(runs, parent_id, kind):
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id and r.data.tags.get("dyrank.kind") == kind]
+
+
+def assert_every_rank_once(runs, parent_id, ranks):
+    evals = children(runs, parent_id, "eval")
+    recorded = sorted(int(r.data.params["rank"]) for r in evals)
+    assert recorded == list(ranks), f"eval runs by rank: {recorded}"
+    assert all(r.info.status == "FINISHED" for r in evals)
+    assert all(r.info.lifecycle_stage == "active" for r in runs), "a run was deleted"
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    yield uri
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """One tiny pipeline for the read-back tests: ranks 1..8, QLoRA baselines at 2 and 8."""
+    folder = tmp_path_factory.mktemp("pipeline")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    events = []
+    try:
+        cfg = tiny_config()
+        result = run_pipeline(cfg, on_event=lambda kind, payload: events.append((kind, payload)))
+    finally:
+        ray.shutdown()
+        del os.environ["MLFLOW_TRACKING_URI"]
+    return cfg, uri, result, events, all_runs(uri, result.parent_run_id)
+
+
+def test_every_rank_recorded_once_with_baselines_and_zeroshot(pipeline):
+    cfg, uri, result, _, runs = pipeline
+    parent = result.parent_run_id
+    assert_every_rank_once(runs, parent, range(1, 9))
+    assert sorted(int(r.data.params["rank"]) for r in children(runs, parent, "baseline")) == [2, 8]
+    assert len(children(runs, parent, "train")) == 1 and len(children(runs, parent, "zeroshot")) == 1
+    for run in children(runs, parent, "eval") + children(runs, parent, "baseline"):
+        assert {"eval_loss", "eval_perplexity", "eval_exact_match"} <= run.data.metrics.keys()
+        assert run.data.params["method"] in ("qdylora", "qlora") and run.data.tags["dyrank.actor_id"]
+    for run in children(runs, parent, "baseline"):
+        assert {"test_loss", "test_gen_exact_match"} <= run.data.metrics.keys()
+    parent_run = next(r for r in runs if r.info.run_id == parent)
+    assert parent_run.info.status == "FINISHED" and parent_run.data.tags["dyrank.kind"] == "pipeline"
+
+
+def test_selected_rank_is_the_policy_applied_to_recorded_metrics(pipeline):
+    cfg, uri, result, _, runs = pipeline
+    rows = [{"rank": int(r.data.params["rank"]), **r.data.metrics} for r in children(runs, result.parent_run_id, "eval")]
+    expected = select_rank(rows, "eval_loss", cfg.selection.policy, cfg.selection.tolerance)["rank"]
+    parent = MlflowClient(uri).get_run(result.parent_run_id).data
+    assert parent.metrics["best_rank"] == expected == result.selected_rank
+    baselines = {int(r.data.params["rank"]): r.data.metrics["eval_loss"] for r in children(runs, result.parent_run_id, "baseline")}
+    assert parent.metrics["best_baseline_eval_loss"] == pytest.approx(min(baselines.values()))
+    assert parent.metrics["eval_loss_minus_best_baseline"] == pytest.approx(parent.metrics["best_eval_loss"] - min(baselines.values()))
+    assert {"train_device_seconds", "eval_device_seconds", "selected_test_loss"} <= parent.metrics.keys()
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(result.parent_run_id)}
+    assert {"adapter", "config.yaml", "report"} <= artifacts
+    report = {a.path for a in MlflowClient(uri).list_artifacts(result.parent_run_id, "report")}
+    assert {"report/rank_vs_metric.png", "report/ranks.csv", "report/summary.txt"} <= report
+
+
+def test_each_evaluator_loaded_the_base_once(pipeline):
+    _, uri, result, _, _ = pipeline
+    loads = json.loads(MlflowClient(uri).get_run(result.parent_run_id).data.tags["dyrank.evaluator_base_loads"])
+    assert len(loads) == 2 and set(loads.values()) == {1}
+
+
+def test_baselines_trained_in_parallel_with_qdylora(pipeline):
+    _, _, result, _, runs = pipeline
+    [train] = children(runs, result.parent_run_id, "train")
+    for base in children(runs, result.parent_run_id, "baseline"):
+        assert base.info.start_time < train.info.end_time and train.info.start_time < base.info.end_time
+        assert base.data.tags["dyrank.actor_id"] != train.data.tags["dyrank.actor_id"]
+
+
+def test_train_run_records_the_sampled_rank_of_every_step(pipeline):
+    cfg, uri, result, _, runs = pipeline
+    [train] = children(runs, result.parent_run_id, "train")
+    history = MlflowClient(uri).get_metric_history(train.info.run_id, "sampled_rank")
+    assert sorted(m.step for m in history) == list(range(1, cfg.training.max_steps + 1))
+    assert {m.value for m in history} <= set(range(1, 9))
+
+
+@pytest.mark.parametrize("rank", [1, 4, 8])
+def test_recorded_loss_equals_exported_adapter_in_plain_peft(pipeline, tmp_path, rank, monkeypatch):
+    cfg, uri, result, _, runs = pipeline
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["export", result.parent_run_id, "--rank", str(rank), "--out", str(tmp_path / "adapter")]) == 0
+    base = resolve_base(cfg.model.source)
+    tokenizer = load_tokenizer(base)
+    from trainers.finetune import quant_settings
+
+    model = load_adapter(base, tmp_path / "adapter", quant_settings(cfg))
+    examples = encode_all(load_splits(cfg.data)["validation"], tokenizer, cfg.data.max_seq_len)
+    loss = evaluate(model, examples, tokenizer, cfg.evaluation.batch_size)["eval_loss"]
+    recorded = {int(r.data.params["rank"]): r.data.metrics["eval_loss"] for r in children(runs, result.parent_run_id, "eval")}
+    assert loss == pytest.approx(recorded[rank], rel=1e-4)
+    assert len({round(recorded[r], 6) for r in (1, 4, 8)}) == 3, "ranks must give different losses"
+
+
+def test_fake_gpus_place_each_trainer_on_its_own_card(tracking):
+    ray.init(address="local", num_cpus=2, num_gpus=2, resources={"gpu_32gb": 2}, include_dashboard=False)
+    cfg = tiny_config("baselines.ranks=[2]", "resources.trainer_gpus=1", "resources.gpu_memory_resource=gpu_32gb",
+                      "resources.num_evaluators=1", "evaluation.ranks=[1,8]")
+    result = run_pipeline(cfg)
+    runs = all_runs(tracking, result.parent_run_id)
+    trainers = children(runs, result.parent_run_id, "train") + children(runs, result.parent_run_id, "baseline")
+    gpus = [r.data.tags["dyrank.gpu_ids"] for r in trainers]
+    assert sorted(gpus) == ["0", "1"], gpus  # one card each, both cards used
+    assert all(r.data.tags["dyrank.gpu_ids"] == "" for r in children(runs, result.parent_run_id, "eval"))
+
+
+def test_killed_evaluator_is_restarted_and_every_rank_recorded_once(tracking):
+    parent, killed = [], []
+
+    def on_event(kind, payload):
+        if kind == "started":
+            parent.append(payload["parent_run_id"])
+        if kind == "eval" and not killed:
+            # kill the evaluator that did not just report: it is mid-rank
+            for index in (0, 1):
+                actor = ray.get_actor(f"RankEvaluator-{parent[0][:12]}-{index}")
+                if actor._actor_id.hex() != payload["actor_id"]:
+                    ray.kill(actor, no_restart=False)  # Ray restarts it and retries its in-flight call
+                    killed.append(index)
+                    return
+
+    cfg = tiny_config("baselines.ranks=[2]", "adapter.r_max=12")
+    result = run_pipeline(cfg, on_event=on_event)
+    assert killed, "no evaluator was killed"
+    runs = all_runs(tracking, result.parent_run_id)
+    assert_every_rank_once(runs, result.parent_run_id, range(1, 13))
+    actors = {r.data.tags["dyrank.actor_id"] for r in children(runs, result.parent_run_id, "eval")}
+    assert len(actors) == 2
