@@ -300,7 +300,7 @@ class Pipeline:
 # ---- entry points: `dyrank run` and `dyrank resume` ------------------------------------------------
 def _preflight(cfg) -> Tracker:
     """Everything that can be known before an actor starts: data readable, tracking store reachable."""
-    from orchestrator.ray_runtime import in_ray_job
+    from orchestrator.ray_runtime import check_reachable as check_ray, in_ray_job
     from orchestrator.tracking import check_reachable, resolve_tracking_uri
     from trainers.data import load_splits
 
@@ -319,6 +319,7 @@ def _preflight(cfg) -> Tracker:
             raise PipelineError(f"data: the {name} split is empty; add records or adjust data.{name}_fraction")
     uri = resolve_tracking_uri(cfg.tracking.uri)
     check_reachable(uri)
+    check_ray(cfg.resources.ray_address)
     return Tracker(uri)
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import ray
 
@@ -16,6 +17,19 @@ class RayConnectError(RuntimeError):
 
 def in_ray_job() -> bool:
     return JOB_ENV in os.environ
+
+
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail in seconds, naming the address, where ray.init would retry for minutes."""
+    address = os.environ.get("RAY_ADDRESS") or address
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise RayConnectError(f"cannot reach Ray at {address}: {exc}") from None
 
 
 def connect(address: str | None = None) -> None:

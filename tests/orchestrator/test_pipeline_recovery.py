@@ -1,0 +1,97 @@
+"""Interrupted pipelines finish with `dyrank resume`; bad input stops before any actor starts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from orchestrator.cli import main
+from tests.conftest import TINY_YAML
+from tests.orchestrator.test_pipeline import all_runs, assert_every_rank_once, children
+
+pytestmark = pytest.mark.slow
+
+
+def _eval_runs(uri: str, parent_id: str) -> int:
+    try:
+        return len(children(all_runs(uri, parent_id), parent_id, "eval"))
+    except Exception:  # the store may not hold the run yet
+        return 0
+
+
+def test_killed_driver_then_resume_records_every_rank_once(tmp_path, monkeypatch, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "run", str(TINY_YAML), "--set", "adapter.r_max=24",
+         "--set", "baselines.ranks=[2]", "--set", "evaluation.batch_size=4"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True,
+    )
+    try:
+        parent_id = driver.stdout.readline().split()[2]  # "pipeline run <id>  (MLflow: ...)"
+        deadline = time.time() + 240
+        while _eval_runs(uri, parent_id) < 3 and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+        before = _eval_runs(uri, parent_id)
+        tree = [driver, *psutil.Process(driver.pid).children(recursive=True)]
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver.wait()
+    psutil.wait_procs([p for p in tree if isinstance(p, psutil.Process)], timeout=10)
+    assert 3 <= before < 24, f"the kill should land mid-sweep ({before} ranks recorded)"
+    assert MlflowClient(uri).get_run(parent_id).info.status == "RUNNING"
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    try:
+        assert main(["resume", parent_id]) == 0
+    finally:
+        ray.shutdown()
+    runs = all_runs(uri, parent_id)
+    assert_every_rank_once(runs, parent_id, range(1, 25))
+    for kind in ("train", "baseline", "zeroshot"):
+        assert len(children(runs, parent_id, kind)) == 1, kind
+    assert MlflowClient(uri).get_run(parent_id).info.status == "FINISHED"
+    assert main(["resume", parent_id]) == 0 and "already finished" in capsys.readouterr().out
+
+
+def _run_bad(capsys, *args) -> str:
+    assert main(["run", str(TINY_YAML), *args]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
+    assert not ray.is_initialized(), "an actor-side resource was started before the input was checked"
+    return err
+
+
+def test_unreachable_tracking_uri_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert "http://127.0.0.1:9" in _run_bad(capsys)
+
+
+def test_unreachable_ray_address_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert "127.0.0.1:9" in _run_bad(capsys, "--set", "resources.ray_address=127.0.0.1:9")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()]), "no run before the checks pass"
+
+
+def test_inside_a_ray_job_without_tracking_uri_says_how_to_pass_one(monkeypatch, capsys):
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert "MLFLOW_TRACKING_URI" in _run_bad(capsys)
+
+
+def test_bad_jsonl_names_file_and_line(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n{not json\n')
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    err = _run_bad(capsys, "--set", "data.dataset=null", "--set", f"data.train_file={bad}")
+    assert f"{bad}:2" in err
