@@ -17,10 +17,9 @@ install: $(VENV)/.installed
 test: install
 	$(BIN)/python -m pytest -q --durations=15
 
+# The main job on the embedded defaults: a private local Ray, MLflow in ./mlflow.db.
 demo: install
-	out=runs/tiny-$$(date +%Y%m%d-%H%M%S) && \
-	  $(BIN)/dyrank train examples/tiny.yaml --out $$out && \
-	  $(BIN)/dyrank export $$out --rank 4 --out $$out-rank4
+	$(BIN)/dyrank run examples/tiny.yaml
 
 clean:
 	rm -rf runs reports mlruns
