@@ -18,7 +18,8 @@ def attach_lora(
     """QLoRA recipe on a k-bit base (PEFT's prepare_model_for_kbit_training), then a rank-`rank` LoRA on
     the targets; with `dynamic`, every LoRA layer becomes rank-truncatable and starts at full rank."""
     if is_quantized(model):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

@@ -28,7 +28,8 @@ def test_loss_matches_the_models_own_loss(model, tiny_run):
     batch = collate(same, tiny_run.tokenizer.pad_token_id)
     assert bool(batch["attention_mask"].all())
     with torch.no_grad():
-        hf_loss = model(**batch).loss.item()
+        device = next(model.parameters()).device
+        hf_loss = model(**{k: v.to(device) for k, v in batch.items()}).loss.item()
     ours = evaluate(model, same, tiny_run.tokenizer, batch_size=len(same))
     assert ours["eval_loss"] == pytest.approx(hf_loss, rel=1e-5)
     assert ours["eval_perplexity"] == pytest.approx(math.exp(ours["eval_loss"]), rel=1e-9)
@@ -58,7 +59,7 @@ def _own_argmax_examples(model, examples, pad_id):
     rebuilt = []
     with torch.no_grad():
         for ex in examples:
-            logits = model(input_ids=torch.tensor([ex["input_ids"]])).logits[0]
+            logits = model(input_ids=torch.tensor([ex["input_ids"]], device=next(model.parameters()).device)).logits[0]
             predicted = [IGNORE_INDEX] + logits[:-1].argmax(-1).tolist()  # label t is predicted at t-1
             labels = [p if l != IGNORE_INDEX else IGNORE_INDEX for p, l in zip(predicted, ex["labels"])]
             rebuilt.append({"input_ids": ex["input_ids"], "labels": labels})
