@@ -1,0 +1,76 @@
+"""Wall time of the tiny pipeline and of its rank sweep with 1 and 2 evaluator actors, interleaved.
+
+    .venv/bin/python bench/tiny_pipeline_fanout.py --repeats 3
+
+Sweep wall = last eval run's end - first eval run's start, read back from MLflow. Each pipeline runs on a
+fresh private Ray; repeats alternate N=1 and N=2 so drift on a shared machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def one_run(evaluators: int, store: Path) -> dict:
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.config import load_config
+    from orchestrator.pipeline import run_pipeline
+
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
+    cfg = load_config(REPO / "examples" / "tiny.yaml", [f"resources.num_evaluators={evaluators}"])
+    try:
+        result = run_pipeline(cfg)
+    finally:
+        ray.shutdown()
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_run(result.parent_run_id).info.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{result.parent_run_id}' and tags.`dyrank.kind` = 'eval'")
+    sweep = (max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs)) / 1000
+    parent = client.get_run(result.parent_run_id).data.metrics
+    compute = sum(r.data.metrics["seconds"] for r in runs)  # time inside evaluate_rank, summed over ranks
+    return {"evaluators": evaluators, "sweep_s": sweep, "eval_compute_s": compute,
+            "pipeline_s": parent["pipeline_wall_seconds"], "ranks": len(runs)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.repeats):
+            for n in (1, 2):
+                rows.append(one_run(n, Path(tmp) / "mlflow.db"))
+                print(rows[-1], flush=True)
+    summary = {}
+    for n in (1, 2):
+        mine = [r for r in rows if r["evaluators"] == n]
+        summary[n] = {k: {"median": statistics.median(r[k] for r in mine), "min": min(r[k] for r in mine),
+                          "max": max(r[k] for r in mine)} for k in ("sweep_s", "eval_compute_s", "pipeline_s")}
+    import ray
+    import torch
+
+    out = {"script": "bench/tiny_pipeline_fanout.py", "date": str(date.today()), "machine":
+           f"{platform.machine()} {os.cpu_count()} cores, CPU only", "versions": {"torch": torch.__version__,
+           "ray": ray.__version__}, "runs": rows, "summary": summary,
+           "sweep_speedup_2_over_1": summary[1]["sweep_s"]["median"] / summary[2]["sweep_s"]["median"]}
+    path = REPO / "bench" / "results" / "tiny_pipeline_fanout.json"
+    path.write_text(json.dumps(out, indent=2))
+    print(json.dumps(out["summary"], indent=2), "\nspeedup", out["sweep_speedup_2_over_1"])
+
+
+if __name__ == "__main__":
+    main()
