@@ -8,12 +8,9 @@ from datetime import datetime
 from pathlib import Path
 
 from orchestrator.config import ConfigError, load_config
+from orchestrator.errors import PipelineError, RayConnectError, TrackingError, UsageError
 
 EXIT_BAD_INPUT = 2
-
-
-class UsageError(Exception):
-    """A user mistake that is not a config field: the message says what to do."""
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -91,15 +88,9 @@ def _adapter_from_run(run_id: str, tracking_uri: str | None) -> Path:
     """The full adapter of a pipeline run (or of one of its child runs), downloaded from MLflow."""
     import tempfile
 
-    from orchestrator.tracking import PARENT_TAG, Tracker, check_reachable, resolve_tracking_uri
+    from orchestrator.tracking import PARENT_TAG, open_run
 
-    uri = resolve_tracking_uri(tracking_uri)
-    check_reachable(uri)
-    tracker = Tracker(uri)
-    try:
-        run = tracker.run(run_id)
-    except Exception:
-        raise UsageError(f"{run_id}: neither a folder nor a run in {uri}") from None
+    tracker, run = open_run(run_id, tracking_uri)
     parent = run.data.tags.get(PARENT_TAG, run_id)
     return tracker.download(parent, "adapter", tempfile.mkdtemp(prefix="dyrank-export-"))
 
@@ -117,14 +108,6 @@ def cmd_export(args) -> int:
     out = export_rank(adapter, args.rank, args.out)
     print(f"rank-{args.rank} PEFT adapter written to {out}")
     return 0
-
-
-def _pipeline_errors() -> tuple[type[Exception], ...]:
-    from orchestrator.pipeline import PipelineError
-    from orchestrator.ray_runtime import RayConnectError
-    from orchestrator.tracking import TrackingError
-
-    return PipelineError, RayConnectError, TrackingError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, UsageError, FileNotFoundError, ValueError, *_pipeline_errors()) as exc:
+    except (ConfigError, UsageError, PipelineError, RayConnectError, TrackingError, FileNotFoundError, ValueError) as exc:
         print(f"dyrank {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

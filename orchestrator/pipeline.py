@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -21,19 +22,29 @@ from pathlib import Path
 from typing import Callable
 
 import ray
+import yaml
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 from dashboards.summary import plot_ranks, summary_table, write_rank_csv
 from evaluators.selection import select_rank
+from orchestrator import ray_runtime
 from orchestrator.actors import RankEvaluator, Trainer, actor_options, read_adapter_files
-from orchestrator.tracking import Tracker
+from orchestrator.config import parse_config
+from orchestrator.errors import PipelineError
+from orchestrator.ray_runtime import in_ray_job
+from orchestrator.tracking import Tracker, check_reachable, open_run, resolve_tracking_uri
+from trainers.data import load_splits
 from trainers.paths import cache_dir
 
 TRAIN_SERIES = {"train_loss": "train_loss", "rank": "sampled_rank", "lr": "lr", "grad_norm": "grad_norm"}
 
 
-class PipelineError(RuntimeError):
-    pass
+@dataclass
+class Recorded:
+    """A finished child run and its result row ({"rank": ..., metrics}), without reading MLflow back."""
+
+    run_id: str
+    row: dict
 
 
 @dataclass
@@ -49,8 +60,12 @@ def _metric_rows(lines: list[str]) -> list[dict]:
     return [{TRAIN_SERIES.get(k, k): v for k, v in json.loads(line).items()} for line in lines]
 
 
+NOT_METRICS = {"rank", "start", "end", "pid"}  # placement and timestamps go to tags and run times
+
+
 def _scalars(row: dict) -> dict:
-    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: v for k, v in row.items()
+            if k not in NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class Pipeline:
@@ -63,33 +78,39 @@ class Pipeline:
         self.actors: list = []
 
     # ---- bookkeeping -----------------------------------------------------------------------------
-    def _existing(self) -> dict[tuple[str, int | None], object]:
-        """Child runs already recorded, by (kind, rank); a FINISHED one means that work is done."""
-        found = {}
+    def _load_existing(self) -> None:
+        """Child runs an earlier driver recorded, by (kind, rank). FINISHED ones are done work; a RUNNING
+        one (the driver died while writing it) is reused rather than duplicated; a FAILED one is kept
+        as the record of that failure."""
+        self.existing, self.done = {}, {}
         for run in self.tracker.children(self.parent_id):
-            kind = run.data.tags.get("dyrank.kind")
             rank = run.data.params.get("rank")
-            found[(kind, int(rank) if rank is not None else None)] = run
-        return found
+            key = (run.data.tags.get("dyrank.kind"), int(rank) if rank is not None else None)
+            self.existing[key] = run
+            if run.info.status == "FINISHED":
+                self.done[key] = Recorded(run.info.run_id, {"rank": key[1], **run.data.metrics})
 
     def _record(self, kind: str, rank: int | None, name: str, reply: dict, metrics: dict, series: list[dict] = ()):
         """Create (or reuse, if an interrupted driver left it unfinished) the child run for one result."""
         existing = self.existing.get((kind, rank))
+        if existing is not None and existing.info.status != "RUNNING":
+            existing = None
         tags = {"dyrank.actor_id": reply.get("actor_id"), "dyrank.node_id": reply.get("node_id"),
                 "dyrank.gpu_ids": ",".join(reply.get("gpu_ids", []))}
-        params = {"method": "qlora" if kind == "baseline" else self.cfg.adapter.method if kind != "zeroshot" else "base"}
+        method = {"baseline": "qlora", "zeroshot": "base"}.get(kind, self.cfg.adapter.method)
+        params = {"method": method}
         if rank is not None:
             params["rank"] = rank
-        if existing is not None and existing.info.status != "FINISHED":
+        if existing is not None:
             run_id = existing.info.run_id
             self.tracker.set_tags(run_id, tags)
         else:
-            run_id = self.tracker.create_run(self.experiment_id, kind, name, self.parent_id, params, tags, reply.get("start"))
+            run_id = self.tracker.create_run(self.experiment_id, kind, name, self.parent_id, None, tags, reply.get("start"))
         if series:
             self.tracker.log_series(run_id, series, TRAIN_SERIES.values())
-        self.tracker.log_metrics(run_id, metrics)
+        self.tracker.log(run_id, params if existing is None else None, metrics)
         self.tracker.finish(run_id, reply.get("end"))
-        self.existing[(kind, rank)] = self.tracker.run(run_id)
+        self.done[(kind, rank)] = Recorded(run_id, {"rank": rank, **metrics})
         return run_id
 
     # ---- 1. trainers -----------------------------------------------------------------------------
@@ -106,8 +127,7 @@ class Pipeline:
         jobs = {}
         wanted = [("train", self.cfg.adapter.full_rank, None)] + [("baseline", r, r) for r in self.cfg.baselines.ranks]
         for kind, rank, baseline_rank in wanted:
-            done = self.existing.get((kind, rank))
-            if done is not None and done.info.status == "FINISHED":
+            if (kind, rank) in self.done:
                 continue
             options = actor_options(self.cfg, "trainer")
             actor = Trainer.options(**options).remote(self._job_config(baseline_rank), options["num_cpus"])
@@ -182,8 +202,7 @@ class Pipeline:
     def sweep(self, pool: list, adapter_key: str, files_ref, baseline_jobs: dict) -> list[dict]:
         """Spread the unrecorded ranks over the pool and record each result the moment it arrives;
         baselines still training are collected in the same loop, so no finished work waits on another."""
-        results = {rank: self._row(run) for (kind, rank), run in self.existing.items()
-                   if kind == "eval" and run.info.status == "FINISHED"}
+        results = {rank: done.row for (kind, rank), done in self.done.items() if kind == "eval"}
         pending = deque(r for r in self.cfg.eval_ranks() if r not in results)
         # An evaluator gets work only once it is up: one still waiting for resources would sit on it.
         waiting = {a.stats.remote(): ("ready", a, None) for a in pool}
@@ -217,18 +236,14 @@ class Pipeline:
             idle.append(actor)
             if what == "ready" or rank in results:  # a duplicate from a retry: the first result stands
                 continue
-            self._record("eval", rank, f"rank-{rank}", row, _scalars({k: v for k, v in row.items() if k != "rank"}))
+            self._record("eval", rank, f"rank-{rank}", row, _scalars(row))
             results[rank] = row
             self.on_event("eval", row)
         return [results[r] for r in sorted(results)]
 
-    @staticmethod
-    def _row(run) -> dict:
-        return {"rank": int(run.data.params["rank"]), **run.data.metrics}
-
     # ---- the whole thing -------------------------------------------------------------------------
     def run(self) -> PipelineResult:
-        self.existing = self._existing()
+        self._load_existing()
         cfg = self.cfg
         started = time.time()
         jobs = self.launch_trainers()
@@ -236,31 +251,27 @@ class Pipeline:
         pool = self.start_evaluators(self.pool_size(len(ranks_to_do)))
 
         zeroshot_ref = None
-        if ("zeroshot", None) not in self.existing or self.existing[("zeroshot", None)].info.status != "FINISHED":
+        if ("zeroshot", None) not in self.done:
             zeroshot_ref = pool[0].evaluate_base.remote("validation")
         adapter_key, files_ref = self.finish_training(jobs.get(("train", cfg.adapter.full_rank)))
         if zeroshot_ref is not None:
             reply = self._get(zeroshot_ref, "zeroshot", None)
             self._record("zeroshot", None, "zeroshot", reply, _scalars(reply))
-        zeroshot = self._row_or_metrics(("zeroshot", None))
+        zeroshot = self.done[("zeroshot", None)].row
 
         baseline_jobs = {key: job for key, job in jobs.items() if key[0] == "baseline"}
         ranks = self.sweep(pool, adapter_key, files_ref, baseline_jobs)
-        baselines = [self._row(self.existing[("baseline", rank)]) for rank in cfg.baselines.ranks]
+        baselines = [self.done[("baseline", rank)].row for rank in cfg.baselines.ranks]
 
         s = cfg.selection
         selected = select_rank(ranks, s.metric, s.policy, s.tolerance, s.greater_is_better)
         test = ray.get(pool[0].evaluate_rank.remote(selected["rank"], "test", adapter_key, [files_ref], True))
         test_metrics = {k: v for k, v in test.items() if k.startswith("test_")}
-        self.tracker.log_metrics(self.existing[("eval", selected["rank"])].info.run_id, test_metrics)
+        self.tracker.log_metrics(self.done[("eval", selected["rank"])].run_id, test_metrics)
         stats = ray.get([a.stats.remote() for a in pool])
         self.tracker.set_tags(self.parent_id, {"dyrank.evaluator_base_loads": json.dumps(
             {s["actor_id"]: s["base_loads"] for s in stats})})
         return self.summarize(ranks, baselines, selected, test_metrics, zeroshot, started)
-
-    def _row_or_metrics(self, key) -> dict:
-        run = self.existing.get(key)
-        return dict(run.data.metrics) if run is not None else {}
 
     # ---- 5. summarize ----------------------------------------------------------------------------
     def summarize(self, ranks, baselines, selected, test_metrics, zeroshot, started) -> PipelineResult:
@@ -268,7 +279,7 @@ class Pipeline:
         best_baseline = min(baselines, key=lambda b: b[metric]) if baselines else None
         parent = {
             "best_rank": selected["rank"], f"best_{metric}": selected[metric],
-            "train_device_seconds": self._row_or_metrics(("train", self.cfg.adapter.full_rank)).get("device_seconds", 0.0),
+            "train_device_seconds": self.done[("train", self.cfg.adapter.full_rank)].row["device_seconds"],
             "baseline_device_seconds": sum(b.get("device_seconds", 0.0) for b in baselines),
             "eval_device_seconds": sum(r.get("seconds", 0.0) for r in ranks),
             "pipeline_wall_seconds": time.time() - started,
@@ -300,12 +311,6 @@ class Pipeline:
 # ---- entry points: `dyrank run` and `dyrank resume` ------------------------------------------------
 def _preflight(cfg) -> Tracker:
     """Everything that can be known before an actor starts: data readable, tracking store reachable."""
-    from orchestrator.ray_runtime import check_reachable as check_ray, in_ray_job
-    from orchestrator.tracking import check_reachable, resolve_tracking_uri
-    from trainers.data import load_splits
-
-    import os
-
     if in_ray_job() and not os.environ.get("MLFLOW_TRACKING_URI") and not (
         cfg.tracking.uri and (cfg.tracking.uri.startswith(("http://", "https://", "sqlite:////")))
     ):
@@ -319,16 +324,14 @@ def _preflight(cfg) -> Tracker:
             raise PipelineError(f"data: the {name} split is empty; add records or adjust data.{name}_fraction")
     uri = resolve_tracking_uri(cfg.tracking.uri)
     check_reachable(uri)
-    check_ray(cfg.resources.ray_address)
+    ray_runtime.check_reachable(cfg.resources.ray_address)
     return Tracker(uri)
 
 
 def _execute(cfg, tracker: Tracker, parent_id: str, on_event) -> PipelineResult:
-    from orchestrator.ray_runtime import connect
-
     pipeline = None
     try:
-        connect(cfg.resources.ray_address)
+        ray_runtime.connect(cfg.resources.ray_address)
         pipeline = Pipeline(cfg, tracker, parent_id, on_event)
         result = pipeline.run()
         tracker.finish(parent_id)
@@ -358,19 +361,8 @@ def run_pipeline(cfg, on_event=None) -> PipelineResult:
 
 def resume_pipeline(parent_id: str, tracking_uri: str | None = None, on_event=None) -> PipelineResult | None:
     """Finish an interrupted pipeline: recorded work is kept, the rest is done once. None if it had finished."""
-    from orchestrator.config import parse_config
-    from orchestrator.tracking import check_reachable, resolve_tracking_uri
-
-    import yaml
-
     on_event = on_event or (lambda kind, payload: None)
-    uri = resolve_tracking_uri(tracking_uri)
-    check_reachable(uri)
-    tracker = Tracker(uri)
-    try:
-        parent = tracker.run(parent_id)
-    except Exception:
-        raise PipelineError(f"no pipeline run {parent_id} in {uri}") from None
+    tracker, parent = open_run(parent_id, tracking_uri)
     if parent.data.tags.get("dyrank.kind") != "pipeline":
         raise PipelineError(f"run {parent_id} is not a dyrank pipeline run")
     if parent.info.status == "FINISHED":
@@ -379,5 +371,5 @@ def resume_pipeline(parent_id: str, tracking_uri: str | None = None, on_event=No
     cfg = parse_config(yaml.safe_load(text), f"config.yaml of run {parent_id}")
     _preflight(cfg)
     tracker.client.update_run(parent_id, status="RUNNING")
-    on_event("started", {"parent_run_id": parent_id, "tracking_uri": uri})
+    on_event("started", {"parent_run_id": parent_id, "tracking_uri": tracker.uri})
     return _execute(cfg, tracker, parent_id, on_event)

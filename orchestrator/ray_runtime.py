@@ -8,11 +8,9 @@ import socket
 
 import ray
 
+from orchestrator.errors import RayConnectError
+
 JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a submitted entrypoint
-
-
-class RayConnectError(RuntimeError):
-    pass
 
 
 def in_ray_job() -> bool:

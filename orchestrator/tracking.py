@@ -7,6 +7,7 @@ explicitly (never through MLFLOW_RUN_ID, which would make every worker write int
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.error
 import urllib.request
@@ -16,20 +17,16 @@ from typing import Any, Iterable
 from mlflow.entities import Metric, Param, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 
+from orchestrator.errors import TrackingError
+
 PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "dyrank.kind"
 FAILURE_TAG = "dyrank.failure_reason"
 
 
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; the message names the URI."""
-
-
 def resolve_tracking_uri(configured: str | None) -> str:
     """MLFLOW_TRACKING_URI wins, then the config, then sqlite:///mlflow.db made absolute (Ray actors and
     jobs run in other folders, where a relative path would point elsewhere)."""
-    import os
-
     uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
@@ -60,6 +57,17 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def open_run(run_id: str, tracking_uri: str | None = None) -> tuple["Tracker", object]:
+    """A run by id from the resolved store, or a TrackingError naming both."""
+    uri = resolve_tracking_uri(tracking_uri)
+    check_reachable(uri)
+    tracker = Tracker(uri)
+    try:
+        return tracker, tracker.run(run_id)
+    except Exception:
+        raise TrackingError(f"no run {run_id} in {uri}") from None
+
+
 class Tracker:
     def __init__(self, uri: str):
         self.uri = uri
@@ -88,17 +96,21 @@ class Tracker:
             self.log_params(run.info.run_id, params)
         return run.info.run_id
 
-    def log_params(self, run_id: str, params: dict) -> None:
-        flat = _flatten(params)
-        items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
-        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(run_id, params=items[start:start + 100])
+    def log(self, run_id: str, params: dict | None = None, metrics: dict[str, float] | None = None, step: int = 0) -> None:
+        """Params and metrics in as few store transactions as MLflow's batch limits allow."""
+        params = [Param(k, str(v)[:6000]) for k, v in _flatten(params or {}).items()]
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), ts, step) for k, v in (metrics or {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        while params or metrics:  # MLflow takes at most 100 params and 1000 metrics per batch
+            self.client.log_batch(run_id, metrics=metrics[:1000], params=params[:100])
+            params, metrics = params[100:], metrics[1000:]
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0, timestamp: float | None = None) -> None:
-        ts = int((timestamp or time.time()) * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if isinstance(v, (int, float))]
-        for start in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[start:start + 1000])
+    def log_params(self, run_id: str, params: dict) -> None:
+        self.log(run_id, params=params)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        self.log(run_id, metrics=metrics, step=step)
 
     def log_series(self, run_id: str, rows: Iterable[dict], keys: Iterable[str]) -> None:
         """Per-step metrics (train loss, sampled rank, ...), one MLflow step per row."""
