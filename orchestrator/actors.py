@@ -72,7 +72,7 @@ class Trainer(_Worker):
         metrics = [line for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines() if line]
         reply = {
             "start": started, "end": time.time(), "device_seconds": result.device_seconds, "steps": result.steps,
-            "final_loss": result.final_loss, "metrics": metrics, "adapter_files": read_adapter_files(result.adapter_dir),
+            "final_loss": result.final_loss, "resumed_from": result.resumed_from, "metrics": metrics, "adapter_files": read_adapter_files(result.adapter_dir),
             **_placement(),
         }
         if evaluate_on:  # baselines score themselves with the evaluators' code, on their own run

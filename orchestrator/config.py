@@ -175,9 +175,26 @@ class SelectionConfig(_Section):
 class BaselinesConfig(_Section):
     ranks: list[PositiveInt] = Field(default_factory=lambda: [8, 64], description="QLoRA baselines trained beside the QDyLoRA run.")
 
+    @field_validator("ranks")
+    @classmethod
+    def _unique(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"baseline ranks repeat: {value}")
+        return value
+
+
+TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "file://", "postgresql", "mysql", "databricks")
+
 
 class TrackingConfig(_Section):
     uri: str | None = Field(None, description="MLflow tracking URI; MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db.")
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(TRACKING_SCHEMES):
+            raise ValueError(f"unsupported tracking URI {value!r}; use one of {', '.join(TRACKING_SCHEMES)}")
+        return value
     experiment: str | None = Field(None, description="MLflow experiment; default: the config's name.")
 
 

@@ -129,10 +129,12 @@ class Pipeline:
         for kind, rank, baseline_rank in wanted:
             if (kind, rank) in self.done:
                 continue
+            job = kind if kind == "train" else f"baseline-r{rank}"
             options = actor_options(self.cfg, "trainer")
-            actor = Trainer.options(**options).remote(self._job_config(baseline_rank), options["num_cpus"])
+            actor = Trainer.options(name=f"Trainer-{self.parent_id[:12]}-{job}", **options).remote(
+                self._job_config(baseline_rank), options["num_cpus"])
             self.actors.append(actor)
-            out = self.workdir / (kind if kind == "train" else f"baseline-r{rank}")
+            out = self.workdir / job
             jobs[(kind, rank)] = (actor, actor.train.remote(str(out), ("validation", "test") if kind == "baseline" else ()))
         return jobs
 
@@ -157,7 +159,8 @@ class Pipeline:
             for name, data in files.items():
                 (folder / name).write_bytes(data)
             self.tracker.log_artifact(self.parent_id, folder, "adapter")
-            metrics = {"device_seconds": reply["device_seconds"], "final_train_loss": reply["final_loss"]}
+            metrics = {"device_seconds": reply["device_seconds"], "final_train_loss": reply["final_loss"],
+                       "resumed_from_step": reply["resumed_from"]}
             self._record("train", rank, "qdylora-train", reply, metrics, _metric_rows(reply["metrics"]))
             self.on_event("trained", reply)
         return f"{self.parent_id}-adapter", ray.put(files)

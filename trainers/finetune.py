@@ -37,6 +37,7 @@ class TrainResult:
     steps: int
     final_loss: float
     device_seconds: float
+    resumed_from: int = 0  # the checkpoint step this run continued from (0: started fresh)
 
 
 def quant_settings(cfg) -> QuantSettings | None:
@@ -129,7 +130,7 @@ class FinetuneRecipe:
         summary = {"steps": t.max_steps, "resumed_from": self.start_step, "final_loss": last["train_loss"],
                    "device": str(self.device), "device_seconds": seconds}
         (self.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-        return TrainResult(self.out_dir, adapter_dir, t.max_steps, last["train_loss"], seconds)
+        return TrainResult(self.out_dir, adapter_dir, t.max_steps, last["train_loss"], seconds, self.start_step)
 
     # ---- save --------------------------------------------------------------------------------------
     def save(self) -> Path:
@@ -151,7 +152,8 @@ def finished_result(out_dir: str | Path) -> TrainResult | None:
     if not summary_path.exists():
         return None
     summary = json.loads(summary_path.read_text())
-    return TrainResult(out_dir, out_dir / ADAPTER_DIR, summary["steps"], summary["final_loss"], summary["device_seconds"])
+    return TrainResult(out_dir, out_dir / ADAPTER_DIR, summary["steps"], summary["final_loss"], summary["device_seconds"],
+                       summary["resumed_from"])
 
 
 def train(cfg, out_dir: str | Path, on_step=None, progress: bool = True) -> TrainResult:

@@ -14,7 +14,8 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
-from tests.conftest import TINY_YAML
+from orchestrator.pipeline import run_pipeline
+from tests.conftest import TINY_YAML, tiny_config
 from tests.orchestrator.test_pipeline import all_runs, assert_every_rank_once, children
 
 pytestmark = pytest.mark.slow
@@ -95,3 +96,58 @@ def test_bad_jsonl_names_file_and_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     err = _run_bad(capsys, "--set", "data.dataset=null", "--set", f"data.train_file={bad}")
     assert f"{bad}:2" in err
+
+
+def test_killed_trainer_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    import threading
+
+    from trainers.paths import cache_dir
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    killed, stop = [], threading.Event()
+
+    def kill_after_first_checkpoint(parent_id):
+        checkpoints = cache_dir("pipelines", parent_id) / "train" / "checkpoints"
+        while not stop.is_set():
+            if any(p.name.startswith("step-") and not p.name.endswith(".tmp") for p in
+                   (checkpoints.iterdir() if checkpoints.is_dir() else [])):
+                ray.kill(ray.get_actor(f"Trainer-{parent_id[:12]}-train"), no_restart=False)
+                killed.append(True)
+                return
+            time.sleep(0.05)
+
+    def on_event(kind, payload):
+        if kind == "started":
+            threading.Thread(target=kill_after_first_checkpoint, args=(payload["parent_run_id"],), daemon=True).start()
+
+    cfg = tiny_config("training.max_steps=160", "training.checkpoint_every=10", "baselines.ranks=[2]",
+                      "evaluation.ranks=[1,8]")
+    try:
+        result = run_pipeline(cfg, on_event=on_event)
+    finally:
+        stop.set()
+        ray.shutdown()
+    assert killed, "the trainer finished before it could be killed"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    [train] = children(all_runs(uri, result.parent_run_id), result.parent_run_id, "train")
+    assert train.info.status == "FINISHED" and train.data.metrics["resumed_from_step"] >= 10
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(train.info.run_id, "sampled_rank")]
+    assert sorted(steps) == list(range(1, 161)), "every step recorded exactly once"
+
+
+def test_failure_inside_a_run_marks_it_failed_with_the_reason(tmp_path, monkeypatch, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    try:
+        code = main(["run", str(TINY_YAML), "--set", "adapter.target_modules=[no_such_layer]",
+                     "--set", "baselines.ranks=[]", "--set", "resources.max_restarts=0"])
+    finally:
+        ray.shutdown()
+    err = capsys.readouterr().err
+    assert code == 2 and "no_such_layer" in err and "Traceback" not in err
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    by_kind = {r.data.tags["dyrank.kind"]: r for r in runs}
+    for kind in ("pipeline", "train"):
+        assert by_kind[kind].info.status == "FAILED"
+        assert "no_such_layer" in by_kind[kind].data.tags["dyrank.failure_reason"]
