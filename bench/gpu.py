@@ -1,0 +1,172 @@
+"""GPU benchmarks that need only trainers/ and evaluators/ (no Ray, MLflow or pydantic on the GPU box).
+
+    python3 bench/gpu.py --out bench/results/gpu.json          # on a CUDA machine
+    python3 bench/gpu.py --tiny --out /tmp/gpu-smoke.json      # smoke test on the CPU
+
+P1  step-time ratio: QDyLoRA step (r_max 64, rank sampled per step) / QLoRA step at r 64, same NF4 base,
+    batch and sequence length; >= 30 interleaved steps each, median and spread.
+P3  sweep ratio: the evaluator's sweep (one NF4 load, set_active_rank per rank) / a naive sweep that exports
+    each rank and loads it with plain PEFT on a fresh NF4 base, over 8 ranks; interleaved repeats.
+Models are SmolLM2-135M's shape with random weights (built from a config, nothing downloaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from evaluators.metrics import evaluate  # noqa: E402
+from evaluators.sweep import RankSweep, load_adapter  # noqa: E402
+from trainers.adapters import attach_lora  # noqa: E402
+from trainers.models import QuantSettings, default_device, load_base_model  # noqa: E402
+from trainers.optim import build_optimizer  # noqa: E402
+from trainers.qdylora import RankSampler, export_rank, set_active_rank  # noqa: E402
+from trainers.qdylora.model import write_dynamic_meta  # noqa: E402
+
+SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                    tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=100000.0)
+TINY = dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False)
+
+
+class _Pad:
+    pad_token_id = 0
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def save_random_base(shape: dict, folder: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**shape)).to(torch.bfloat16).save_pretrained(folder)
+    return folder
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def p1_step_ratio(base: Path, steps: int, batch: int, seq: int, r: int = 64) -> dict:
+    device = default_device()
+    models, optimizers = {}, {}
+    for name, dynamic in (("qdylora", True), ("qlora", False)):
+        torch.manual_seed(0)
+        model = attach_lora(load_base_model(base, QuantSettings()), rank=r, alpha=16, dropout=0.1,
+                            target_modules="all-linear", dynamic=dynamic, gradient_checkpointing=True)
+        models[name], optimizers[name] = model.train(), build_optimizer("paged_adamw_32bit", model.parameters(), 2e-4, 0.0)
+    sampler = RankSampler(1, r, seed=1)
+    ids = torch.randint(0, 384, (batch, seq), generator=torch.Generator().manual_seed(0)).to(device)
+    times = {"qdylora": [], "qlora": []}
+    for step in range(steps + 3):  # 3 warm-up steps each, not timed
+        for name in ("qdylora", "qlora") if step % 2 == 0 else ("qlora", "qdylora"):
+            model, optimizer = models[name], optimizers[name]
+            sync()
+            start = time.perf_counter()
+            if name == "qdylora":
+                set_active_rank(model, sampler.sample())
+            model(input_ids=ids, labels=ids).loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 0.3)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sync()
+            if step >= 3:
+                times[name].append(time.perf_counter() - start)
+    ratio = statistics.median(times["qdylora"]) / statistics.median(times["qlora"])
+    return {"qdylora_s": spread(times["qdylora"]), "qlora_s": spread(times["qlora"]), "ratio": ratio,
+            "batch": batch, "seq": seq, "r": r}
+
+
+def p3_sweep_ratio(base: Path, work: Path, ranks: list[int], n_examples: int, seq: int, repeats: int) -> dict:
+    # A trained-looking adapter: random B, so ranks differ (PEFT starts B at zero).
+    torch.manual_seed(0)
+    model = attach_lora(load_base_model(base, QuantSettings()), rank=64, alpha=16, dropout=0.0,
+                        target_modules="all-linear", dynamic=True, gradient_checkpointing=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01)
+    adapter = work / "adapter"
+    model.save_pretrained(adapter)
+    write_dynamic_meta(adapter, 1, 64, 16, "qdylora")
+    del model
+    g = torch.Generator().manual_seed(0)
+    examples = []
+    for _ in range(n_examples):
+        ids = torch.randint(1, 384, (seq,), generator=g).tolist()
+        examples.append({"input_ids": ids, "labels": [-100] * (seq // 2) + ids[seq // 2:]})
+
+    def ours() -> list[float]:
+        sweep = RankSweep(base, adapter, examples, quant=QuantSettings(), tokenizer=_Pad(), batch_size=8)
+        losses = [sweep.evaluate_rank(r)["eval_loss"] for r in ranks]
+        sweep.close()
+        return losses
+
+    def naive() -> list[float]:
+        losses = []
+        for r in ranks:
+            exported = export_rank(adapter, r, work / f"r{r}")
+            model = load_adapter(base, exported, QuantSettings())
+            losses.append(evaluate(model, examples, _Pad(), 8)["eval_loss"])
+            del model
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return losses
+
+    times = {"ours": [], "naive": []}
+    for rep in range(repeats):
+        for name, fn in (("ours", ours), ("naive", naive)) if rep % 2 == 0 else (("naive", naive), ("ours", ours)):
+            sync()
+            start = time.perf_counter()
+            losses = fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+            times.setdefault(f"{name}_losses", losses)
+    same = max(abs(a - b) / abs(b) for a, b in zip(times["ours_losses"], times["naive_losses"]))
+    ratio = statistics.median(times["ours"]) / statistics.median(times["naive"])
+    return {"ours_s": spread(times["ours"]), "naive_s": spread(times["naive"]), "ratio": ratio, "ranks": ranks,
+            "max_relative_loss_difference": same}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tiny", action="store_true", help="tiny shape: a CPU smoke test of this script")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args()
+    shape = TINY if args.tiny else SMOLLM2_135M
+    import bitsandbytes
+    import peft
+    import transformers
+
+    result = {"script": "bench/gpu.py", "date": time.strftime("%Y-%m-%d"), "shape": "tiny" if args.tiny else "SmolLM2-135M",
+              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+              "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+                           "bitsandbytes": bitsandbytes.__version__}}
+    with tempfile.TemporaryDirectory() as tmp:
+        base = save_random_base(shape, Path(tmp) / "base")
+        result["P1"] = p1_step_ratio(base, args.steps, batch=4 if args.tiny else 8, seq=64 if args.tiny else 512)
+        print("P1", json.dumps(result["P1"]), flush=True)
+        result["P3"] = p3_sweep_ratio(base, Path(tmp), [1, 2, 4, 8, 16, 32, 48, 64], n_examples=16 if args.tiny else 64,
+                                      seq=64 if args.tiny else 256, repeats=3)
+        print("P3", json.dumps(result["P3"]), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
