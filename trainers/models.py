@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from trainers import registry
 from trainers.paths import cache_dir
 
 # No hub access, ever: everything loads from local folders.
@@ -148,6 +149,8 @@ def resolve_base(source: str) -> Path:
     """Any model source -> an absolute local folder that `from_pretrained` loads."""
     if source in PRESETS:
         return build_preset(source)
+    if source in registry.REGISTERED_MODELS:
+        return convert_gguf(registry.fetch(source))
     path = Path(source).expanduser().resolve()
     if path.suffix == ".gguf":
         return convert_gguf(path)

