@@ -128,6 +128,17 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    import json
+
+    from trainers.datasets import build, read_manifest
+
+    options = {"max_records": args.max_records} if args.max_records is not None else {}
+    out = build(args.name, args.out, force=args.force, **options)
+    print(json.dumps(read_manifest(out), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dyrank", description="QDyLoRA rank search: train once, evaluate every rank.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "fetch"])
     p.add_argument("model_id", nargs="?", help="e.g. smollm2-135m-instruct")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("data", help="build an offline data set into train/validation/test JSONL in the cache")
+    p.add_argument("action", choices=["build"])
+    p.add_argument("name", help="countries or wordnet")
+    p.add_argument("--out", help="output folder (default: the cache)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
+    p.add_argument("--max-records", type=int, help="wordnet: cap on records (0: all)")
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("export", help="write a standard PEFT adapter for one rank")
     p.add_argument("source", help="a dyrank train folder, or an MLflow pipeline run id")

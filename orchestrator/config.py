@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainers.data import BUILTIN_DATASETS
+from trainers.datasets import BUILT_DATASETS
 from trainers.models import PRESETS
 from trainers.registry import REGISTERED_MODELS
 
@@ -113,7 +114,8 @@ class AdapterConfig(_Section):
 
 
 class DataConfig(_Section):
-    dataset: str | None = Field(None, description="A built-in data set (" + ", ".join(BUILTIN_DATASETS) + "); or give train_file.")
+    dataset: str | None = Field(None, description="A packaged data set (" + ", ".join(BUILTIN_DATASETS) + ") or one built "
+                                "offline by `dyrank data build` (" + ", ".join(BUILT_DATASETS) + "); or give train_file.")
     train_file: str | None = Field(None, description="JSONL with prompt/completion or messages records.")
     validation_file: str | None = Field(None, description="Held-out JSONL; if absent, validation_fraction of train_file is split off.")
     test_file: str | None = Field(None, description="JSONL scored only for the selected rank and the baselines.")
@@ -129,8 +131,9 @@ class DataConfig(_Section):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str | None) -> str | None:
-        if value is not None and value not in BUILTIN_DATASETS:
-            raise ValueError(f"unknown data set {value!r}; built-in: {', '.join(BUILTIN_DATASETS)}")
+        known = [*BUILTIN_DATASETS, *BUILT_DATASETS]
+        if value is not None and value not in known:
+            raise ValueError(f"unknown data set {value!r}; known: {', '.join(known)}")
         return value
 
     @model_validator(mode="after")

@@ -33,7 +33,7 @@ from orchestrator.config import parse_config
 from orchestrator.errors import PipelineError
 from orchestrator.ray_runtime import in_ray_job
 from orchestrator.tracking import Tracker, check_reachable, open_run, resolve_tracking_uri
-from trainers.data import load_splits
+from trainers.data import load_splits, split_fingerprint
 from trainers.paths import cache_dir
 
 TRAIN_SERIES = {"train_loss": "train_loss", "rank": "sampled_rank", "lr": "lr", "grad_norm": "grad_norm"}
@@ -312,7 +312,7 @@ class Pipeline:
 
 
 # ---- entry points: `dyrank run` and `dyrank resume` ------------------------------------------------
-def _preflight(cfg) -> Tracker:
+def _preflight(cfg) -> tuple[Tracker, dict]:
     """Everything that can be known before an actor starts: data readable, tracking store reachable."""
     if in_ray_job() and not os.environ.get("MLFLOW_TRACKING_URI") and not (
         cfg.tracking.uri and (cfg.tracking.uri.startswith(("http://", "https://", "sqlite:////")))
@@ -328,7 +328,8 @@ def _preflight(cfg) -> Tracker:
     uri = resolve_tracking_uri(cfg.tracking.uri)
     check_reachable(uri)
     ray_runtime.check_reachable(cfg.resources.ray_address)
-    return Tracker(uri)
+    fingerprints = {f"data.{name}.{k}": v for name, records in splits.items() for k, v in split_fingerprint(records).items()}
+    return Tracker(uri), fingerprints
 
 
 def _execute(cfg, tracker: Tracker, parent_id: str, on_event) -> PipelineResult:
@@ -353,9 +354,9 @@ def _execute(cfg, tracker: Tracker, parent_id: str, on_event) -> PipelineResult:
 
 def run_pipeline(cfg, on_event=None) -> PipelineResult:
     on_event = on_event or (lambda kind, payload: None)
-    tracker = _preflight(cfg)
+    tracker, fingerprints = _preflight(cfg)
     experiment = tracker.experiment_id(cfg.tracking.experiment or cfg.name)
-    parent_id = tracker.create_run(experiment, "pipeline", cfg.name, params=cfg.model_dump(mode="json"),
+    parent_id = tracker.create_run(experiment, "pipeline", cfg.name, params={**cfg.model_dump(mode="json"), **fingerprints},
                                    tags={"dyrank.config_name": cfg.name})
     tracker.client.log_text(parent_id, cfg.to_yaml(), "config.yaml")
     on_event("started", {"parent_run_id": parent_id, "tracking_uri": tracker.uri})

