@@ -12,15 +12,10 @@ from peft import PeftModel
 
 from evaluators.metrics import evaluate, generate_exact_match
 from trainers.data import encode_all, load_splits
-from trainers.models import QuantSettings, load_base_model, load_tokenizer, resolve_base
+from trainers.models import dequantize_once, load_base_model, load_tokenizer, quant_settings, resolve_base
 from trainers.qdylora import attach_dynamic_rank, set_active_rank
 
 SPLIT_PREFIX = {"validation": "eval_", "test": "test_"}
-
-
-def _quant(cfg) -> QuantSettings | None:
-    q = cfg.quantization
-    return QuantSettings(q.quant_type, q.double_quant, q.compute_dtype) if q.load_in_4bit else None
 
 
 class EvalSession:
@@ -28,7 +23,9 @@ class EvalSession:
         self.cfg = cfg
         base_path = resolve_base(cfg.model.source)
         self.tokenizer = load_tokenizer(base_path, cfg.model.trust_remote_code)
-        self.model = load_base_model(base_path, _quant(cfg), trust_remote_code=cfg.model.trust_remote_code).eval()
+        self.model = load_base_model(base_path, quant_settings(cfg), trust_remote_code=cfg.model.trust_remote_code).eval()
+        if cfg.evaluation.dequantize_base:
+            self.model = dequantize_once(self.model, cfg.quantization.compute_dtype)
         self.base_loads = 1  # and it stays 1: ranks switch in place, adapters attach to this base
         limit = cfg.evaluation.max_samples
         splits = load_splits(cfg.data)

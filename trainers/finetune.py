@@ -22,7 +22,7 @@ from transformers import get_scheduler
 from trainers import checkpoint as ckpt
 from trainers.adapters import attach_lora
 from trainers.data import BatchSchedule, collate, encode_all, load_splits
-from trainers.models import QuantSettings, default_device, load_base_model, load_tokenizer, resolve_base
+from trainers.models import default_device, load_base_model, load_tokenizer, quant_settings, resolve_base
 from trainers.optim import build_optimizer
 from trainers.qdylora import RankSampler, set_active_rank
 from trainers.qdylora.model import write_dynamic_meta
@@ -38,11 +38,6 @@ class TrainResult:
     final_loss: float
     device_seconds: float
     resumed_from: int = 0  # the checkpoint step this run continued from (0: started fresh)
-
-
-def quant_settings(cfg) -> QuantSettings | None:
-    q = cfg.quantization
-    return QuantSettings(q.quant_type, q.double_quant, q.compute_dtype) if q.load_in_4bit else None
 
 
 class FinetuneRecipe:

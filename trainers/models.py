@@ -49,6 +49,12 @@ class QuantSettings:
     compute_dtype: str = "auto"
 
 
+def quant_settings(cfg) -> QuantSettings | None:
+    """The config's quantization section as QuantSettings, or None for a 16/32-bit base."""
+    q = cfg.quantization
+    return QuantSettings(q.quant_type, q.double_quant, q.compute_dtype) if q.load_in_4bit else None
+
+
 def default_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
@@ -166,6 +172,14 @@ def load_tokenizer(base: Path, trust_remote_code: bool = False):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def dequantize_once(model, compute_dtype: str = "auto"):
+    """A k-bit model's frozen weights dequantized once to the compute dtype: the exact NF4 values, served
+    by plain matmuls instead of dequantizing on every forward. Only for evaluation (16-bit weight memory)."""
+    if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
+        return model
+    return model.dequantize(dtype=resolve_compute_dtype(compute_dtype))
 
 
 def load_base_model(

@@ -12,11 +12,12 @@ from mlflow.tracking import MlflowClient
 
 from evaluators.metrics import evaluate
 from evaluators.selection import select_rank
-from evaluators.sweep import load_adapter
 from orchestrator.pipeline import run_pipeline
 from tests.conftest import tiny_config
 from trainers.data import encode_all, load_splits
-from trainers.models import load_tokenizer, resolve_base
+from peft import PeftModel
+
+from trainers.models import dequantize_once, load_base_model, load_tokenizer, quant_settings, resolve_base
 from trainers.qdylora import export_rank
 
 pytestmark = pytest.mark.slow
@@ -131,9 +132,9 @@ def test_recorded_loss_equals_exported_adapter_in_plain_peft(pipeline, tmp_path,
     assert main(["export", result.parent_run_id, "--rank", str(rank), "--out", str(tmp_path / "adapter")]) == 0
     base = resolve_base(cfg.model.source)
     tokenizer = load_tokenizer(base)
-    from trainers.finetune import quant_settings
-
-    model = load_adapter(base, tmp_path / "adapter", quant_settings(cfg))
+    # plain PEFT on the same NF4 base, dequantized once as the evaluators do (evaluation.dequantize_base)
+    nf4 = dequantize_once(load_base_model(base, quant_settings(cfg)), cfg.quantization.compute_dtype)
+    model = PeftModel.from_pretrained(nf4, str(tmp_path / "adapter")).eval()
     examples = encode_all(load_splits(cfg.data)["validation"], tokenizer, cfg.data.max_seq_len)
     loss = evaluate(model, examples, tokenizer, cfg.evaluation.batch_size)["eval_loss"]
     recorded = {int(r.data.params["rank"]): r.data.metrics["eval_loss"] for r in children(runs, result.parent_run_id, "eval")}
