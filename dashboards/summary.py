@@ -50,8 +50,14 @@ def plot_ranks(ranks: list[dict], baselines: list[dict], selected_rank: int, pat
     ax.plot([r["rank"] for r in rows], [r[metric] for r in rows], marker="o", ms=3, label="QDyLoRA (one adapter)")
     for i, base in enumerate(sorted(baselines, key=lambda r: r["rank"])):
         ax.axhline(base[metric], ls="--", color=f"C{i + 1}", label=f"QLoRA r={base['rank']}")
+    values = [r[metric] for r in rows] + [b[metric] for b in baselines]
+    low, high = min(values), max(values)
     if zeroshot and metric in zeroshot:
-        ax.axhline(zeroshot[metric], ls=":", color="grey", label="base model (zero-shot)")
+        base = zeroshot[metric]
+        if base <= high + (high - low):  # on the chart without flattening the curve
+            ax.axhline(base, ls=":", color="grey", label="base model (zero-shot)")
+        else:  # far off: say it instead of drawing it
+            ax.plot([], [], ls=":", color="grey", label=f"base model (zero-shot): {base:.3g}, off the chart")
     chosen = next(r for r in rows if r["rank"] == selected_rank)
     ax.scatter([selected_rank], [chosen[metric]], s=120, facecolors="none", edgecolors="red", zorder=5,
                label=f"selected rank {selected_rank}")
