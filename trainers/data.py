@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from trainers.datasets import BUILT_DATASETS, split_files
+
 IGNORE_INDEX = -100  # transformers' loss skips these labels
 BUILTIN_DATASETS = {"tiny-qa": Path(__file__).parent / "fixtures" / "tiny_qa.jsonl"}
 
@@ -68,8 +70,6 @@ def load_splits(data) -> dict[str, list[dict]]:
     """`data` is the config's data section; returns train / validation / test records. A built data set
     (`dyrank data build`) brings its own splits; otherwise held-out splits without a file of their own
     are cut from the training file by record hash."""
-    from trainers.datasets import BUILT_DATASETS, split_files
-
     if data.dataset in BUILT_DATASETS:
         return {name: read_jsonl(path) for name, path in split_files(data.dataset).items()}
     records = read_jsonl(BUILTIN_DATASETS[data.dataset] if data.dataset else data.train_file)
