@@ -21,12 +21,14 @@ def _model_device(model) -> torch.device:
 
 
 @torch.inference_mode()
-def evaluate(model, examples: list[dict], tokenizer, batch_size: int, device=None) -> dict:
+def evaluate(model, examples: list[dict], tokenizer, batch_size: int, device=None, per_example: dict | None = None) -> dict:
     """Loss, perplexity and teacher-forced exact match over the completion tokens of `examples`.
 
     `examples` are encoded records (trainers.data.encode: input_ids, labels with the prompt masked).
     The loss is token-weighted over the whole set (sum of token losses / number of completion tokens),
     so it does not depend on batch_size or on how the examples happen to be grouped.
+    With `per_example` (a dict), each example's loss sum, token count and exact match are appended to its
+    "loss_sum", "tokens" and "exact" lists: what bootstrap intervals resample.
     """
     if not examples:
         raise ValueError("no examples to evaluate")
@@ -43,12 +45,20 @@ def evaluate(model, examples: list[dict], tokenizer, batch_size: int, device=Non
             # Keep just the scored rows before upcasting: a full (batch, seq, vocab) fp32 copy can be GBs.
             picked = logits[:, :-1][mask].float()
             target = labels[mask]
-            loss_sum += F.cross_entropy(picked, target, reduction="sum").item()
+            token_losses = F.cross_entropy(picked, target, reduction="none")
+            loss_sum += token_losses.sum().item()
             tokens += int(mask.sum())
             # An example is an exact match when every completion position's argmax is its label.
             hits = torch.ones_like(labels, dtype=torch.bool)
             hits[mask] = picked.argmax(-1) == target
-            exact += int((hits.all(dim=1) & mask.any(dim=1)).sum())
+            matched = hits.all(dim=1) & mask.any(dim=1)
+            exact += int(matched.sum())
+            if per_example is not None:  # rows of mask.nonzero() follow the order `picked` was taken in
+                sums = torch.zeros(mask.shape[0], device=token_losses.device)
+                sums.index_add_(0, mask.nonzero()[:, 0], token_losses)
+                per_example.setdefault("loss_sum", []).extend(sums.tolist())
+                per_example.setdefault("tokens", []).extend(mask.sum(dim=1).tolist())
+                per_example.setdefault("exact", []).extend(matched.float().tolist())
     finally:
         model.train(was_training)
     if tokens == 0:
@@ -100,11 +110,14 @@ def generate_answers(model, records: list[dict], tokenizer, max_new_tokens: int 
 
 
 def generate_exact_match(model, records: list[dict], tokenizer, max_new_tokens: int = 32, batch_size: int = 8,
-                         **generate_kwargs) -> dict:
-    """Fraction of records whose greedy completion equals the reference after `normalize_answer`."""
+                         per_example: dict | None = None, **generate_kwargs) -> dict:
+    """Fraction of records whose greedy completion equals the reference after `normalize_answer`;
+    with `per_example`, each record's 1.0/0.0 is appended to its "gen_exact" list."""
     if not records:
         raise ValueError("no records to generate for")
     answers = generate_answers(model, records, tokenizer, max_new_tokens, batch_size, **generate_kwargs)
     references = [prompt_and_completion(r, tokenizer)[1] for r in records]
-    hits = sum(normalize_answer(a) == normalize_answer(ref) for a, ref in zip(answers, references))
-    return {"gen_exact_match": hits / len(records)}
+    matches = [float(normalize_answer(a) == normalize_answer(ref)) for a, ref in zip(answers, references)]
+    if per_example is not None:
+        per_example.setdefault("gen_exact", []).extend(matches)
+    return {"gen_exact_match": sum(matches) / len(records)}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from peft import PeftModel
 
+from evaluators.bootstrap import intervals as bootstrap_intervals
 from evaluators.metrics import evaluate, generate_exact_match
 from trainers.data import encode_all, load_splits
 from trainers.models import dequantize_once, load_base_model, load_tokenizer, quant_settings, resolve_base
@@ -38,21 +39,28 @@ class EvalSession:
         self.model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).eval()
         attach_dynamic_rank(self.model)
 
-    def score(self, split: str, rank: int | None, generate: bool = False) -> dict:
-        """Metrics on `split` at `rank`; rank None scores the base alone (zero-shot)."""
+    def score(self, split: str, rank: int | None, generate: bool = False, intervals: bool = False) -> dict:
+        """Metrics on `split` at `rank`; rank None scores the base alone (zero-shot). With `intervals`,
+        bootstrap 95% intervals over examples as `*_ci_low` / `*_ci_high`."""
         if not self.records[split]:
             raise ValueError(f"the {split} split is empty")
         if rank is None and isinstance(self.model, PeftModel):
             with self.model.disable_adapter():
-                return self._score(split, generate)
+                return self._score(split, generate, intervals)
         if rank is not None:
             set_active_rank(self.model, rank)
-        return self._score(split, generate)
+        return self._score(split, generate, intervals)
 
-    def _score(self, split: str, generate: bool) -> dict:
+    def _score(self, split: str, generate: bool, intervals: bool) -> dict:
         batch = self.cfg.evaluation.batch_size
-        row = evaluate(self.model, self.examples[split], self.tokenizer, batch)
+        per_example = {} if intervals else None
+        row = evaluate(self.model, self.examples[split], self.tokenizer, batch, per_example=per_example)
         if generate:
-            row.update(generate_exact_match(self.model, self.records[split], self.tokenizer, batch_size=batch))
+            row.update(generate_exact_match(self.model, self.records[split], self.tokenizer, batch_size=batch,
+                                            per_example=per_example))
         prefix = SPLIT_PREFIX[split]
-        return {prefix + k.removeprefix("eval_"): v for k, v in row.items()}
+        row = {prefix + k.removeprefix("eval_"): v for k, v in row.items()}
+        if intervals:
+            row.update(bootstrap_intervals(per_example, prefix, self.cfg.evaluation.bootstrap_samples,
+                                           self.cfg.training.seed))
+        return row

@@ -87,7 +87,8 @@ class Trainer(_Worker):
         session.attach_adapter_dir(adapter_dir)
         scores = {}
         for split in splits:
-            scores.update(session.score(split, rank=self.cfg.adapter.full_rank, generate=split == "test"))
+            test = split == "test"
+            scores.update(session.score(split, rank=self.cfg.adapter.full_rank, generate=test, intervals=test))
         return scores
 
 
@@ -110,10 +111,11 @@ class RankEvaluator(_Worker):
             self.adapter_key = key
             _free_accelerator_memory(collect=True)
 
-    def evaluate_rank(self, rank: int, split: str, key: str, files_ref: list, generate: bool = False) -> dict:
+    def evaluate_rank(self, rank: int, split: str, key: str, files_ref: list, generate: bool = False,
+                      intervals: bool = False) -> dict:
         self._ensure_adapter(key, files_ref)
         started = time.time()
-        row = {"rank": rank, **self.session.score(split, rank=rank, generate=generate)}
+        row = {"rank": rank, **self.session.score(split, rank=rank, generate=generate, intervals=intervals)}
         row.update(start=started, end=time.time(), seconds=time.time() - started, **_placement())
         _free_accelerator_memory()
         return row

@@ -168,6 +168,7 @@ class EvaluationConfig(_Section):
     ranks: Annotated[list[PositiveInt], Field(min_length=1)] | Literal["all"] = Field("all", description="Ranks to evaluate: all = r_min..r_max, or a list.")
     batch_size: PositiveInt = Field(8, description="Examples per evaluation batch.")
     max_samples: PositiveInt | None = Field(None, description="Cap on evaluated examples per split (None: all).")
+    bootstrap_samples: PositiveInt = Field(1000, description="Resamples for the 95% intervals on test scores.")
     dequantize_base: bool = Field(
         True, description="Evaluators dequantize the frozen NF4 base once to the compute dtype: the same weights, "
         "no per-matmul dequantization (faster), at 16-bit weight memory. Off where that memory is not there.",

@@ -268,7 +268,7 @@ class Pipeline:
 
         s = cfg.selection
         selected = select_rank(ranks, s.metric, s.policy, s.tolerance, s.greater_is_better)
-        test = ray.get(pool[0].evaluate_rank.remote(selected["rank"], "test", adapter_key, [files_ref], True))
+        test = ray.get(pool[0].evaluate_rank.remote(selected["rank"], "test", adapter_key, [files_ref], True, True))
         test_metrics = {k: v for k, v in test.items() if k.startswith("test_")}
         self.tracker.log_metrics(self.done[("eval", selected["rank"])].run_id, test_metrics)
         stats = ray.get([a.stats.remote() for a in pool])

@@ -22,3 +22,11 @@ def test_dequantized_base_scores_the_same_weights_without_4bit_layers():
     # the same NF4 values; only bf16 matmul rounding differs
     assert b == pytest.approx(a, rel=1e-3)
     assert dequantized.base_loads == 1
+
+
+def test_test_scores_carry_intervals_around_the_estimate():
+    session = EvalSession(tiny_config("evaluation.bootstrap_samples=200"))
+    row = session.score("test", rank=None, generate=True, intervals=True)
+    for metric in ("test_loss", "test_exact_match", "test_gen_exact_match"):
+        assert row[f"{metric}_ci_low"] <= row[metric] <= row[f"{metric}_ci_high"], metric
+    assert row["test_loss_ci_low"] < row["test_loss_ci_high"]

@@ -75,7 +75,12 @@ def test_every_rank_recorded_once_with_baselines_and_zeroshot(pipeline):
         assert {"eval_loss", "eval_perplexity", "eval_exact_match"} <= run.data.metrics.keys()
         assert run.data.params["method"] in ("qdylora", "qlora") and run.data.tags["dyrank.actor_id"]
     for run in children(runs, parent, "baseline"):
-        assert {"test_loss", "test_gen_exact_match"} <= run.data.metrics.keys()
+        m = run.data.metrics
+        assert {"test_loss", "test_gen_exact_match"} <= m.keys()
+        assert m["test_loss_ci_low"] <= m["test_loss"] <= m["test_loss_ci_high"]
+    chosen = next(r for r in runs if r.info.run_id == parent).data.metrics  # the selected rank on test
+    assert chosen["selected_test_loss_ci_low"] <= chosen["selected_test_loss"] <= chosen["selected_test_loss_ci_high"]
+    assert "selected_test_gen_exact_match_ci_high" in chosen
     parent_run = next(r for r in runs if r.info.run_id == parent)
     assert parent_run.info.status == "FINISHED" and parent_run.data.tags["dyrank.kind"] == "pipeline"
     params = parent_run.data.params  # what data the run saw: size and content hash of every split
