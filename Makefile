@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test demo clean
+.PHONY: install test demo demo-tiny clean
 
 # Idempotent: reinstalls only when pyproject.toml changes. torch is pinned exactly, so pip never pulls a second one.
 $(VENV)/.installed: pyproject.toml
@@ -17,8 +17,15 @@ install: $(VENV)/.installed
 test: install
 	$(BIN)/python -m pytest -q --durations=15
 
-# The main job on the embedded defaults: a private local Ray, MLflow in ./mlflow.db.
+# The main job on the embedded defaults: a private local Ray, MLflow in ./mlflow.db, the real model and data
+# (fetched and built once into ~/.cache/dyrank; both steps are no-ops when already there).
 demo: install
+	$(BIN)/dyrank models fetch smollm2-135m-instruct
+	$(BIN)/dyrank data build countries
+	$(BIN)/dyrank run examples/smollm2-countries.yaml
+
+# The same pipeline on a tiny random model: a one-minute smoke run.
+demo-tiny: install
 	$(BIN)/dyrank run examples/tiny.yaml
 
 clean:
