@@ -1,4 +1,4 @@
-"""GPU benchmarks that need only trainers/ and evaluators/ (no Ray, MLflow or pydantic on the GPU box).
+"""P1 and P3 on a GPU; they need only trainers/ and evaluators/ (no Ray, MLflow or pydantic on the GPU box).
 
     python3 bench/gpu.py --out bench/results/gpu.json          # on a CUDA machine
     python3 bench/gpu.py --tiny --out /tmp/gpu-smoke.json      # smoke test on the CPU
@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import SMOLLM2_135M, TINY, Pad, header, random_examples, save_random_base, spread, sync
 
 from evaluators.metrics import evaluate  # noqa: E402
 from evaluators.sweep import RankSweep, load_adapter  # noqa: E402
@@ -32,33 +30,6 @@ from trainers.models import QuantSettings, default_device, load_base_model  # no
 from trainers.optim import build_optimizer  # noqa: E402
 from trainers.qdylora import RankSampler, export_rank, set_active_rank  # noqa: E402
 from trainers.qdylora.model import write_dynamic_meta  # noqa: E402
-
-SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
-                    tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=100000.0)
-TINY = dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False)
-
-
-class _Pad:
-    pad_token_id = 0
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def save_random_base(shape: dict, folder: Path) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(**shape)).to(torch.bfloat16).save_pretrained(folder)
-    return folder
-
-
-def spread(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
 def p1_step_ratio(base: Path, steps: int, batch: int, seq: int, r: int = 64) -> dict:
@@ -104,14 +75,10 @@ def p3_sweep_ratio(base: Path, work: Path, ranks: list[int], n_examples: int, se
     model.save_pretrained(adapter)
     write_dynamic_meta(adapter, 1, 64, 16, "qdylora")
     del model
-    g = torch.Generator().manual_seed(0)
-    examples = []
-    for _ in range(n_examples):
-        ids = torch.randint(1, 384, (seq,), generator=g).tolist()
-        examples.append({"input_ids": ids, "labels": [-100] * (seq // 2) + ids[seq // 2:]})
+    examples = random_examples(n_examples, seq)
 
     def ours() -> list[float]:
-        sweep = RankSweep(base, adapter, examples, quant=QuantSettings(), tokenizer=_Pad(), batch_size=8)
+        sweep = RankSweep(base, adapter, examples, quant=QuantSettings(), tokenizer=Pad(), batch_size=8)
         losses = [sweep.evaluate_rank(r)["eval_loss"] for r in ranks]
         sweep.close()
         return losses
@@ -121,7 +88,7 @@ def p3_sweep_ratio(base: Path, work: Path, ranks: list[int], n_examples: int, se
         for r in ranks:
             exported = export_rank(adapter, r, work / f"r{r}")
             model = load_adapter(base, exported, QuantSettings())
-            losses.append(evaluate(model, examples, _Pad(), 8)["eval_loss"])
+            losses.append(evaluate(model, examples, Pad(), 8)["eval_loss"])
             del model
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -149,14 +116,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
     shape = TINY if args.tiny else SMOLLM2_135M
-    import bitsandbytes
-    import peft
-    import transformers
-
-    result = {"script": "bench/gpu.py", "date": time.strftime("%Y-%m-%d"), "shape": "tiny" if args.tiny else "SmolLM2-135M",
-              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-                           "bitsandbytes": bitsandbytes.__version__}}
+    result = header("bench/gpu.py", "tiny" if args.tiny else "SmolLM2-135M")
     with tempfile.TemporaryDirectory() as tmp:
         base = save_random_base(shape, Path(tmp) / "base")
         result["P1"] = p1_step_ratio(base, args.steps, batch=4 if args.tiny else 8, seq=64 if args.tiny else 512)

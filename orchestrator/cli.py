@@ -26,6 +26,16 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from orchestrator.plan import check_fits, format_plan, plan
+
+    cfg = load_config(args.config, args.overrides)
+    plans = plan(cfg)
+    print(format_plan(plans))
+    check_fits(cfg, plans)
+    return 0
+
+
 def cmd_train(args) -> int:
     from trainers.finetune import train
 
@@ -146,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a config and print it resolved")
     _add_config_args(p)
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("plan", help="estimate each actor's peak memory (nothing loaded); refuse what cannot fit")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("train", help="one training run, locally (no Ray)")
     _add_config_args(p, required=False)

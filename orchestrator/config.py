@@ -7,6 +7,8 @@ it and exits non-zero. `dyrank check` prints `describe()`/the resolved config fr
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -214,11 +216,21 @@ class ResourcesConfig(_Section):
     evaluator_gpus: float = Field(0.0, ge=0.0, description="GPUs per evaluator actor.")
     evaluator_cpus: PositiveFloat = Field(1.0, description="CPUs per evaluator actor.")
     gpu_memory_resource: str | None = Field(None, description="Custom Ray resource a worker must hold, e.g. gpu_32gb.")
+    gpu_memory_gb: PositiveFloat | None = Field(
+        None, description="Memory of one GPU, in GiB; dyrank plan and dyrank run refuse actors whose estimated peak "
+        "exceeds their share. Default: read from gpu_memory_resource (gpu_32gb -> 32), else unchecked.")
     num_evaluators: PositiveInt | None = Field(None, description="Evaluator pool size; default: what resources allow.")
     ray_address: str | None = Field(
         None, description="Ray cluster to join (RAY_ADDRESS wins); default: start a private local Ray on 127.0.0.1."
     )
     max_restarts: int = Field(2, ge=0, description="Times a dead actor is restarted; its unfinished work is retried.")
+
+    def gpu_budget_gb(self) -> float | None:
+        """GiB of one GPU as declared (gpu_memory_gb, else the number in a gpu_<N>gb resource name)."""
+        if self.gpu_memory_gb is not None:
+            return self.gpu_memory_gb
+        match = re.fullmatch(r"gpu_(\d+(?:\.\d+)?)gb", self.gpu_memory_resource or "")
+        return float(match.group(1)) if match else None
 
 
 class Config(_Section):

@@ -313,7 +313,8 @@ class Pipeline:
 
 # ---- entry points: `dyrank run` and `dyrank resume` ------------------------------------------------
 def _preflight(cfg) -> tuple[Tracker, dict]:
-    """Everything that can be known before an actor starts: data readable, tracking store reachable."""
+    """Everything that can be known before an actor starts: data readable, actors fit their declared GPU
+    memory, tracking store reachable."""
     if in_ray_job() and not os.environ.get("MLFLOW_TRACKING_URI") and not (
         cfg.tracking.uri and (cfg.tracking.uri.startswith(("http://", "https://", "sqlite:////")))
     ):
@@ -325,6 +326,10 @@ def _preflight(cfg) -> tuple[Tracker, dict]:
     for name in ("train", "validation", "test"):
         if not splits[name]:
             raise PipelineError(f"data: the {name} split is empty; add records or adjust data.{name}_fraction")
+    if cfg.resources.gpu_budget_gb() is not None:
+        from orchestrator.plan import check_fits
+
+        check_fits(cfg)
     uri = resolve_tracking_uri(cfg.tracking.uri)
     check_reachable(uri)
     ray_runtime.check_reachable(cfg.resources.ray_address)

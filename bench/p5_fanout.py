@@ -1,0 +1,99 @@
+"""P5: the rank sweep's wall time over 1, 2 and 4 evaluator actors, on SmolLM2-135M-Instruct and countries (CPU).
+
+    .venv/bin/python bench/p5_fanout.py --out bench/results/p5_fanout.json
+
+The pipeline's own RankEvaluator actors (one base load each, dequantized once) on a private Ray; each actor
+holds one CPU and runs one torch thread, so actors do not fight over cores. The adapter is an r_max-64 LoRA with
+random B (PEFT starts B at zero, which would make every rank the same model). Wall time = first rank sent to
+last result back, actors already loaded; each free actor takes the next rank, as in the pipeline. N = 1, 2, 4
+interleaved, repeated; speedup(N) = median wall(1) / median wall(N); goal speedup(2) / 2 >= 0.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import ray
+import torch
+
+from _common import header, spread, timed
+
+from orchestrator.actors import RankEvaluator, actor_options, read_adapter_files  # noqa: E402
+from orchestrator.config import load_config  # noqa: E402
+from trainers.adapters import attach_lora  # noqa: E402
+from trainers.models import load_base_model, resolve_base  # noqa: E402
+from trainers.qdylora.model import write_dynamic_meta  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "smollm2-countries.yaml"
+
+
+def random_adapter(cfg, folder: Path) -> Path:
+    torch.manual_seed(0)
+    model = attach_lora(load_base_model(resolve_base(cfg.model.source)), rank=64, alpha=16, dropout=0.0,
+                        target_modules="all-linear", dynamic=True, gradient_checkpointing=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    model.save_pretrained(folder)
+    write_dynamic_meta(folder, 1, 64, 16, "qdylora")
+    return folder
+
+
+def sweep(actors, ranks: list[int], files_ref) -> None:
+    """Each idle actor takes the next rank until all are scored."""
+    pending, queue = {}, list(ranks)
+    for actor in actors:
+        if queue:
+            pending[actor.evaluate_rank.remote(queue.pop(0), "validation", "a", [files_ref])] = actor
+    while pending:
+        [done], _ = ray.wait(list(pending))
+        actor = pending.pop(done)
+        ray.get(done)
+        if queue:
+            pending[actor.evaluate_rank.remote(queue.pop(0), "validation", "a", [files_ref])] = actor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ranks", type=int, default=16, help="ranks swept (1..N)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--sizes", default="1,2,4")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    cfg = load_config(EXAMPLE, ["resources.evaluator_cpus=1"])
+    ray.init(address="local", num_cpus=max(sizes), include_dashboard=False, log_to_driver=False)
+    tmp = tempfile.TemporaryDirectory()
+    files_ref = ray.put(read_adapter_files(random_adapter(cfg, Path(tmp.name) / "adapter")))
+    ranks = list(range(1, args.ranks + 1))
+    pool = [RankEvaluator.options(**actor_options(cfg, "evaluator")).remote(cfg.model_dump(mode="json"), 1.0)
+            for _ in range(max(sizes))]
+    ray.get([a.evaluate_rank.remote(64, "validation", "a", [files_ref]) for a in pool])  # load + attach + warm up
+    times = {n: [] for n in sizes}
+    for rep in range(args.repeats):
+        for n in (sizes if rep % 2 == 0 else list(reversed(sizes))):
+            _, seconds = timed(lambda: sweep(pool[:n], ranks, files_ref))
+            times[n].append(seconds)
+            print(f"N={n}: {seconds:.1f} s", flush=True)
+    ray.shutdown()
+    tmp.cleanup()
+    one = statistics.median(times[1])
+    result = header("bench/p5_fanout.py", "SmolLM2-135M-Instruct, countries validation")
+    result.update(ranks=len(ranks), eval_examples=cfg.evaluation.max_samples, load_average=os.getloadavg(),
+                  seconds={str(n): spread(v) for n, v in times.items()},
+                  speedup={str(n): one / statistics.median(v) for n, v in times.items()},
+                  efficiency={str(n): one / statistics.median(v) / n for n, v in times.items()})
+    print(json.dumps({k: result[k] for k in ("speedup", "efficiency")}), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

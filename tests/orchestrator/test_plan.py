@@ -1,0 +1,53 @@
+"""`dyrank plan`: per-actor estimates printed without loading weights; configs that cannot fit their declared
+GPU memory are refused by plan and by run's preflight, before any actor or MLflow run exists."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.cli import EXIT_BAD_INPUT, main
+from orchestrator.errors import PipelineError
+from orchestrator.plan import check_fits, plan
+from tests.conftest import TINY_YAML, tiny_config
+
+
+def test_plan_prints_every_actor(capsys):
+    assert main(["plan", str(TINY_YAML)]) == 0
+    out = capsys.readouterr().out
+    for role in ("trainer qdylora r8", "trainer qlora r2", "trainer qlora r8", "evaluator"):
+        assert role in out
+    assert "CPU" in out and "DOES NOT FIT" not in out
+
+
+def test_plan_refuses_what_does_not_fit(capsys):
+    code = main(["plan", str(TINY_YAML), "--set", "resources.trainer_gpus=1", "--set", "resources.gpu_memory_gb=0.001"])
+    assert code == EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    assert "DOES NOT FIT" in captured.out
+    assert "resources:" in captured.err and "trainer qdylora r8" in captured.err and "0.0 GiB" in captured.err
+
+
+def test_budget_is_read_from_the_gpu_resource_name():
+    cfg = tiny_config("resources.gpu_memory_resource=gpu_32gb", "resources.trainer_gpus=0.5")
+    assert cfg.resources.gpu_budget_gb() == 32.0
+    trainer = plan(cfg)[0]
+    assert trainer.budget_gb == 16.0 and trainer.fits
+    assert tiny_config().resources.gpu_budget_gb() is None
+
+
+def test_a_larger_batch_can_tip_a_card_over():
+    cfg = tiny_config("resources.trainer_gpus=1", "resources.gpu_memory_gb=0.01")
+    fits = plan(cfg)[0].estimate.total
+    cfg = tiny_config("resources.trainer_gpus=1", f"resources.gpu_memory_gb={fits * 1.01 / 2**30}")
+    check_fits(cfg)
+    cfg = tiny_config("resources.trainer_gpus=1", f"resources.gpu_memory_gb={fits * 1.01 / 2**30}", "training.batch_size=64")
+    with pytest.raises(PipelineError, match="trainer qdylora r8"):
+        check_fits(cfg)
+
+
+def test_run_refuses_before_recording_anything(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code = main(["run", str(TINY_YAML), "--set", "resources.trainer_gpus=1", "--set", "resources.gpu_memory_gb=0.001"])
+    assert code == EXIT_BAD_INPUT
+    assert not (tmp_path / "mlflow.db").exists()
