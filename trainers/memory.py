@@ -10,8 +10,9 @@ every parameter count below is exact; the bytes per parameter follow what our re
                gradients; AdamW keeps two fp32 moments (8-bit AdamW: two bytes).
   activations  gradient checkpointing keeps each block's input (B*T*H) and recomputes one block at a time;
                at the loss, log-softmax output, its gradient and the logits' gradient are alive together
-               (3 fp32 copies of B*T*V, one more for 16-bit logits upcast by the loss); an NF4 matmul
-               dequantizes its weight to the compute dtype for the duration of the call.
+               (3 fp32 copies of B*T*V, whatever the logits' own dtype: measured 11.7-12.3 bytes per logit
+               on an H100, bench/p4_memory.py); an NF4 matmul dequantizes its weight to the compute dtype
+               for the duration of the call.
 
 The block term counts what a Llama block saves for backward with LoRA (dropout > 0) on every linear:
 about 25 tensors of the hidden size and 7 of the MLP size per token. The constants are checked against
@@ -112,7 +113,7 @@ def estimate_training(shape: ModelShape, *, rank: int, batch: int, seq: int, loa
     states = 2 if optimizer == "paged_adamw_8bit" else 8
     tokens = batch * seq
     block = tokens * (_BLOCK_HIDDEN * shape.hidden + _BLOCK_MLP * shape.intermediate) * act
-    loss = tokens * shape.vocab * (12 + (4 if act < 4 else 0))
+    loss = tokens * shape.vocab * 12
     if gradient_checkpointing:
         activations = shape.layers * tokens * shape.hidden * act + max(block + transient, loss)
     else:
