@@ -23,7 +23,7 @@ import torch
 from _common import LLAMA_7B, SMOLLM2_135M, TINY, header, save_random_base
 
 from trainers.adapters import attach_lora  # noqa: E402
-from trainers.memory import estimate_training, model_shape  # noqa: E402
+from trainers.memory_estimate import estimate_training, model_shape  # noqa: E402
 from trainers.models import QuantSettings, default_device, load_base_model  # noqa: E402
 from trainers.optim import build_optimizer  # noqa: E402
 from trainers.qdylora import RankSampler, set_active_rank  # noqa: E402

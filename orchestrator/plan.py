@@ -1,7 +1,7 @@
 """`dyrank plan`: each actor's estimated peak memory before anything is launched, and the refusal of a
 config whose actors cannot fit the GPU memory it declares (resources.gpu_memory_gb or a gpu_<N>gb resource).
 
-Only the model's config.json is read; the estimate itself is trainers.memory (exact parameter counts from an
+Only the model's config.json is read; the estimate itself is trainers.memory_estimate (exact parameter counts from an
 empty-weight model, bytes per parameter as the recipe stores them, activations per token).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.errors import PipelineError
-from trainers.memory import GIB, MemoryEstimate, estimate_evaluation, estimate_training, model_shape
+from trainers.memory_estimate import GIB, MemoryEstimate, estimate_evaluation, estimate_training, model_shape
 from trainers.models import resolve_base, resolve_compute_dtype
 
 

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
 from trainers.adapters import attach_lora
-from trainers.memory import estimate_evaluation, estimate_training, model_shape, nf4_bytes
+from trainers.memory_estimate import estimate_evaluation, estimate_training, model_shape, nf4_bytes
 from trainers.models import QuantSettings, build_preset, load_base_model
 
 TRAIN = dict(rank=8, batch=4, seq=64, compute_dtype=torch.bfloat16)
