@@ -35,14 +35,15 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "smollm2-countri
 
 def random_adapter(cfg, folder: Path) -> Path:
     torch.manual_seed(0)
-    model = attach_lora(load_base_model(resolve_base(cfg.model.source)), rank=64, alpha=16, dropout=0.0,
+    r_max = cfg.adapter.r_max
+    model = attach_lora(load_base_model(resolve_base(cfg.model.source)), rank=r_max, alpha=16, dropout=0.0,
                         target_modules="all-linear", dynamic=True, gradient_checkpointing=False)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.02)
     model.save_pretrained(folder)
-    write_dynamic_meta(folder, 1, 64, 16, "qdylora")
+    write_dynamic_meta(folder, 1, r_max, 16, "qdylora")
     return folder
 
 
@@ -65,17 +66,18 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=16, help="ranks swept (1..N)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--sizes", default="1,2,4")
+    parser.add_argument("--config", default=str(EXAMPLE), help="pipeline config whose model, data and evaluation to use")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    cfg = load_config(EXAMPLE, ["resources.evaluator_cpus=1"])
+    cfg = load_config(args.config, ["resources.evaluator_cpus=1"])
     ray.init(address="local", num_cpus=max(sizes), include_dashboard=False, log_to_driver=False)
     tmp = tempfile.TemporaryDirectory()
     files_ref = ray.put(read_adapter_files(random_adapter(cfg, Path(tmp.name) / "adapter")))
     ranks = list(range(1, args.ranks + 1))
     pool = [RankEvaluator.options(**actor_options(cfg, "evaluator")).remote(cfg.model_dump(mode="json"), 1.0)
             for _ in range(max(sizes))]
-    ray.get([a.evaluate_rank.remote(64, "validation", "a", [files_ref]) for a in pool])  # load + attach + warm up
+    ray.get([a.evaluate_rank.remote(cfg.adapter.r_max, "validation", "a", [files_ref]) for a in pool])  # load + attach + warm up
     times = {n: [] for n in sizes}
     for rep in range(args.repeats):
         for n in (sizes if rep % 2 == 0 else list(reversed(sizes))):
@@ -85,7 +87,7 @@ def main() -> None:
     ray.shutdown()
     tmp.cleanup()
     one = statistics.median(times[1])
-    result = header("bench/p5_fanout.py", "SmolLM2-135M-Instruct, countries validation")
+    result = header("bench/p5_fanout.py", f"{cfg.model.source}, {cfg.data.dataset or cfg.data.train_file} validation")
     result.update(ranks=len(ranks), eval_examples=cfg.evaluation.max_samples, load_average=os.getloadavg(),
                   seconds={str(n): spread(v) for n, v in times.items()},
                   speedup={str(n): one / statistics.median(v) for n, v in times.items()},
