@@ -108,7 +108,11 @@ def cmd_study(args) -> int:
 
     cfg = load_study_config(args.config, args.overrides)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver prints each trial itself
-    result = run_study(cfg, on_event=_print_study_event)
+    try:
+        result = run_study(cfg, on_event=_print_study_event)
+    except KeyboardInterrupt:
+        print(f"\nstudy {cfg.name} interrupted; run the same command to resume it", file=sys.stderr)
+        return 130
     print(f"\nstudy {result.name}: trials by state {result.states}")
     title = "best trial" if len(cfg.objectives) == 1 else f"Pareto front ({len(result.best)} trials)"
     print(f"{title} ({', '.join(o.metric for o in cfg.objectives)}):")

@@ -288,6 +288,9 @@ class StudyDriver:
             self.tracker.set_tags(self.study_run, {FAILURE_TAG: "interrupted; run the same command to resume"})
             self.tracker.client.set_terminated(self.study_run, "KILLED")
             raise
+        except Exception as exc:  # the driver itself failed; running trials are recovered by the next start
+            self.tracker.fail(self.study_run, f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             ray.kill(self.board)
         best = self._record_best()

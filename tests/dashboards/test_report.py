@@ -57,3 +57,22 @@ def test_unknown_target_is_one_line(tiny_study, tmp_path, capsys):
     assert main(["report", "no-such-study", "--storage", tiny_study.storage, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "no study 'no-such-study'" in err and len(err.splitlines()) == 1
+
+
+def test_multi_objective_study_report_draws_the_pareto_front(tmp_path):
+    """A study recorded without pipelines (values only): the report shows its Pareto front and histories."""
+    from dashboards.report import write_report
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="pareto", storage=storage, directions=["minimize", "minimize"])
+    study.set_user_attr("objective_metrics", ["best_eval_loss", "device_seconds"])
+    lr = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
+    for i, (loss, seconds) in enumerate([(5.4, 9.0), (5.5, 4.0), (5.6, 3.0), (5.7, 8.0), (5.45, 5.0)]):
+        study.add_trial(optuna.create_trial(params={"training.lr": 1e-4 * (i + 1)}, distributions={"training.lr": lr},
+                                            values=[loss, seconds]))
+    report = write_report("pareto", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", storage=storage, out_dir=tmp_path / "reports")
+    assert sorted(p.name for p in report.pngs) == sorted(["pareto_front.png", "history_best_eval_loss.png",
+                                                         "history_device_seconds.png", "param_importances.png"])
+    plots, images, dom = _rendered(report.html)
+    assert plots == 4 and images == 4
+    assert "pruners do not support multi-objective studies" in dom

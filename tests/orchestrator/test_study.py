@@ -130,3 +130,27 @@ def test_study_run_nests_every_trial_pipeline_with_best_params(tiny_study):
     assert int(study_run.data.metrics["best_trial"]) == best.number
     assert {k.removeprefix("best."): v for k, v in study_run.data.tags.items() if k.startswith("best.")} == \
         {k: str(v) for k, v in best.params.items()}
+
+
+@pytest.mark.slow
+def test_pruned_trial_stops_its_training_and_is_recorded(tmp_path, monkeypatch, capsys):
+    """The threshold pruner prunes any loss above 0 once warmed up: deterministic, one short trial."""
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        assert main(["study", str(STUDY_YAML), "--set", "name=pruned", "--set", "n_trials=1", "--set", "parallel=1",
+                     "--set", "pruner={type: threshold, upper: 0.0, n_warmup_steps: 2}",
+                     "--set", "pipeline.training.max_steps=40", "--set", "pipeline.baselines.ranks=[]"]) == 0
+    finally:
+        ray.shutdown()
+    assert "trial 0 pruned at step 2" in capsys.readouterr().out  # the first step past the warm-up
+    [trial] = optuna.load_study(study_name="pruned", storage=f"sqlite:///{tmp_path}/optuna.db").get_trials()
+    assert trial.state == TrialState.PRUNED and sorted(trial.intermediate_values) == [1, 2]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["dyrank.failure_reason"] == "pruned by the study at step 2"
+    [train] = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    assert train.info.status == "FAILED" and "stopped by the driver at step" in train.data.tags["dyrank.failure_reason"]
+    assert "best_eval_loss" not in run.data.metrics  # the sweep never ran
