@@ -154,3 +154,25 @@ def test_pruned_trial_stops_its_training_and_is_recorded(tmp_path, monkeypatch, 
     [train] = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
     assert train.info.status == "FAILED" and "stopped by the driver at step" in train.data.tags["dyrank.failure_reason"]
     assert "best_eval_loss" not in run.data.metrics  # the sweep never ran
+
+
+def test_shared_storage_recovers_only_trials_whose_heartbeat_went_stale(tmp_path):
+    """The RDB-server path (several drivers), on sqlite: a silent trial is retried, a beating one is left alone."""
+    import time
+
+    from optuna.storages import RDBStorage
+
+    found = []
+    storage = RDBStorage(f"sqlite:///{tmp_path}/h.db", heartbeat_interval=1, grace_period=2,
+                         heartbeat_stale_trial_callback=orphan_callback(found))
+    study = optuna.create_study(storage=storage, study_name="s")
+    silent, alive = study.ask(), study.ask()
+    silent.suggest_int("n", 1, 9)
+    storage.record_heartbeat(silent._trial_id)
+    time.sleep(3)
+    storage.record_heartbeat(alive._trial_id)  # another driver's trial, still beating
+    recover_orphans(study, storage, False, None)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {silent.number: TrialState.FAIL, alive.number: TrialState.RUNNING, 2: TrialState.WAITING}
+    assert [t.number for t in found] == [silent.number]
+    assert study.get_trials()[2].params == silent.params
