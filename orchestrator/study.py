@@ -45,15 +45,18 @@ class StudyResult:
     states: dict[str, int] = field(default_factory=dict)
 
 
-def _sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
+def _sampler(cfg: StudyConfig, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """Seeded from the config and the trials already in the study: a resumed driver with the bare seed would
+    replay the first driver's random draws and propose its trials again."""
     s = cfg.sampler
+    seed = None if s.seed is None else s.seed + trials_so_far
     if s.type == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if s.type == "nsgaii":
-        return optuna.samplers.NSGAIISampler(seed=s.seed)
-    if s.type == "qmc":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if s.type == "qmc":  # a low-discrepancy sequence: the same seed, continued from where the study is
         return optuna.samplers.QMCSampler(seed=s.seed)
-    return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials, multivariate=True)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True)
 
 
 def _pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
@@ -259,6 +262,7 @@ class StudyDriver:
         self.on_event("study_started", {"name": self.cfg.name, "storage": self.cfg.storage_url(),
                                         "study_run_id": self.study_run, "tracking_uri": self.uri})
         self._recover()
+        self.study.sampler = _sampler(self.cfg, len(self.study.get_trials(deepcopy=False)))
         self.board = ProgressBoard.remote()
         parallel, last_beat = self._parallel(), 0.0
         try:

@@ -98,6 +98,8 @@ def test_interrupted_study_resumes_and_counts_every_trial_once(tiny_study):
         retries = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
         assert len(retries) == 1 and orphan.params.items() <= retries[0].params.items() and retries[0] in finished
     assert "was interrupted: its parameters are re-enqueued" in tiny_study.second_output
+    proposals = [json.dumps(t.params, sort_keys=True) for t in finished]
+    assert len(set(proposals)) == len(proposals), "the resumed driver proposed a trial again"
     assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
 
 
