@@ -39,14 +39,13 @@ def write_rank_csv(ranks: list[dict], baselines: list[dict], path: Path) -> Path
 
 def plot_ranks(ranks: list[dict], baselines: list[dict], selected_rank: int, path: Path,
                metric: str = "eval_loss", zeroshot: dict | None = None) -> Path:
-    """QDyLoRA's metric at every rank, QLoRA baselines as horizontal lines, the selected rank marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """QDyLoRA's metric at every rank, QLoRA baselines as horizontal lines, the selected rank marked.
+    Figure, not pyplot: a study's pipelines draw from several threads, and pyplot's state is global."""
+    from matplotlib.figure import Figure
 
     rows = sorted(ranks, key=lambda r: r["rank"])
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    fig = Figure(figsize=(7, 4), dpi=120)
+    ax = fig.subplots()
     ax.plot([r["rank"] for r in rows], [r[metric] for r in rows], marker="o", ms=3, label="QDyLoRA (one adapter)")
     for i, base in enumerate(sorted(baselines, key=lambda r: r["rank"])):
         ax.axhline(base[metric], ls="--", color=f"C{i + 1}", label=f"QLoRA r={base['rank']}")
@@ -67,5 +66,4 @@ def plot_ranks(ranks: list[dict], baselines: list[dict], selected_rank: int, pat
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path

@@ -48,6 +48,20 @@ def write_adapter_files(files: dict[str, bytes], folder: Path) -> Path:
     return folder
 
 
+class TrainingStopped(RuntimeError):
+    """The driver asked a training to stop (an Optuna trial was pruned)."""
+
+
+def _step_hook(step_sink):
+    if step_sink is None:
+        return None
+
+    def hook(row: dict) -> None:
+        if step_sink(row):
+            raise TrainingStopped(f"stopped by the driver at step {row['step']} (trial pruned)")
+    return hook
+
+
 class _Worker:
     def __init__(self, config: dict, num_cpus: float):
         from orchestrator.config import Config
@@ -64,11 +78,12 @@ class Trainer(_Worker):
     """Trains one job (the QDyLoRA run or one QLoRA baseline) into out_dir, resuming from its checkpoints,
     so a restarted actor picks up where the dead one stopped."""
 
-    def train(self, out_dir: str, evaluate_on: tuple[str, ...] = ()) -> dict:
+    def train(self, out_dir: str, evaluate_on: tuple[str, ...] = (), step_sink=None) -> dict:
+        """step_sink(row) -> bool, if given, sees every step's metrics; True stops the training (a pruned trial)."""
         from trainers.finetune import train
 
         started = time.time()
-        result = train(self.cfg, out_dir, progress=False)
+        result = train(self.cfg, out_dir, on_step=_step_hook(step_sink), progress=False)
         metrics = [line for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines() if line]
         reply = {
             "start": started, "end": time.time(), "device_seconds": result.device_seconds, "steps": result.steps,

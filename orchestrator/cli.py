@@ -94,6 +94,79 @@ def cmd_resume(args) -> int:
     return 0
 
 
+def _print_study_event(kind: str, payload: dict) -> None:
+    if kind == "study_started":
+        print(f"study {payload['name']}  (Optuna: {payload['storage']}; MLflow: {payload['tracking_uri']}, "
+              f"run {payload['study_run_id']})", flush=True)
+    elif kind == "trial_requeued":
+        print(f"  trial {payload['number']} was interrupted: its parameters are re-enqueued", flush=True)
+    elif kind == "trial_started":
+        print(f"  trial {payload['number']} started: {payload['params']}", flush=True)
+    elif kind == "trial_done":
+        print(f"  trial {payload['number']} finished: {payload['values']} (pipeline run {payload['run_id']})", flush=True)
+    elif kind == "trial_pruned":
+        print(f"  trial {payload['number']} pruned at step {payload['step']}", flush=True)
+    elif kind == "trial_failed":
+        print(f"  trial {payload['number']} failed: {payload['reason']}", flush=True)
+
+
+def cmd_study(args) -> int:
+    import optuna
+
+    from orchestrator.study import run_study
+    from orchestrator.study_config import load_study_config
+
+    cfg = load_study_config(args.config, args.overrides)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver prints each trial itself
+    try:
+        result = run_study(cfg, on_event=_print_study_event)
+    except KeyboardInterrupt:
+        print(f"\nstudy {cfg.name} interrupted; run the same command to resume it", file=sys.stderr)
+        return 130
+    print(f"\nstudy {result.name}: trials by state {result.states}")
+    title = "best trial" if len(cfg.objectives) == 1 else f"Pareto front ({len(result.best)} trials)"
+    print(f"{title} ({', '.join(o.metric for o in cfg.objectives)}):")
+    for trial in result.best:
+        print(f"  trial {trial.number}: {trial.values}  {trial.params}")
+    print(f"study run: {result.study_run_id}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from dashboards.report import write_report
+
+    report = write_report(args.target, args.tracking_uri, args.storage, args.out)
+    print(f"report: {report.html}")
+    for png in report.pngs:
+        print(f"  png: {png}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    import time
+
+    from dashboards.report import default_storage
+    from dashboards.ui import start_ui
+    from orchestrator.tracking import check_reachable, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_reachable(uri)
+    servers = start_ui(uri, args.storage or default_storage(), args.mlflow_port, args.optuna_port)
+    try:
+        print(f"MLflow UI:        {servers.url('mlflow')}   ({uri})")
+        print(f"optuna-dashboard: {servers.url('optuna-dashboard')}   ({args.storage or default_storage()})")
+        print("Ctrl-C stops both.", flush=True)
+        while all(s.process.poll() is None for s in servers.servers):
+            time.sleep(1)
+        gone = [s for s in servers.servers if s.process.poll() is not None]
+        raise UsageError(f"{gone[0].name} exited with {gone[0].process.returncode}; see {gone[0].log}")
+    except KeyboardInterrupt:
+        print("stopped")
+        return 0
+    finally:
+        servers.stop()
+
+
 def _adapter_from_run(run_id: str, tracking_uri: str | None) -> Path:
     """The full adapter of a pipeline run (or of one of its child runs), downloaded from MLflow."""
     import tempfile
@@ -170,6 +243,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the whole pipeline on Ray: train, baselines, every rank evaluated, MLflow")
     _add_config_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("study", help="an Optuna study whose trials are whole pipelines; run it again to resume")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("report", help="a self-contained HTML report (and PNGs) of a pipeline run or a study")
+    p.add_argument("target", help="a pipeline run id, a study run id, or a study name")
+    p.add_argument("--tracking-uri", help="MLflow store (default: the study's, MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--storage", help="Optuna storage of the study (default: ./optuna.db)")
+    p.add_argument("--out", default="reports", help="output folder (default ./reports)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ui", help="the MLflow UI and optuna-dashboard on 127.0.0.1; Ctrl-C stops both")
+    p.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--storage", help="Optuna storage (default: ./optuna.db)")
+    p.add_argument("--mlflow-port", type=int, default=5000, help="default 5000, or a free one if taken")
+    p.add_argument("--optuna-port", type=int, default=8080, help="default 8080, or a free one if taken")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("resume", help="finish an interrupted pipeline; nothing is redone or recorded twice")
     p.add_argument("run_id", help="the pipeline's MLflow parent run id")

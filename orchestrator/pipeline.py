@@ -69,8 +69,9 @@ def _scalars(row: dict) -> dict:
 
 
 class Pipeline:
-    def __init__(self, cfg, tracker: Tracker, parent_id: str, on_event: Callable[[str, dict], None] | None = None):
-        self.cfg, self.tracker, self.parent_id = cfg, tracker, parent_id
+    def __init__(self, cfg, tracker: Tracker, parent_id: str, on_event: Callable[[str, dict], None] | None = None,
+                 step_sink=None):
+        self.cfg, self.tracker, self.parent_id, self.step_sink = cfg, tracker, parent_id, step_sink
         self.experiment_id = tracker.run(parent_id).info.experiment_id
         self.on_event = on_event or (lambda kind, payload: None)
         self.workdir = cache_dir("pipelines", parent_id)
@@ -135,7 +136,8 @@ class Pipeline:
                 self._job_config(baseline_rank), options["num_cpus"])
             self.actors.append(actor)
             out = self.workdir / job
-            jobs[(kind, rank)] = (actor, actor.train.remote(str(out), ("validation", "test") if kind == "baseline" else ()))
+            evaluate_on, sink = (("validation", "test"), None) if kind == "baseline" else ((), self.step_sink)
+            jobs[(kind, rank)] = (actor, actor.train.remote(str(out), evaluate_on, sink))
         return jobs
 
     def _release(self, actor) -> None:
@@ -337,11 +339,11 @@ def _preflight(cfg) -> tuple[Tracker, dict]:
     return Tracker(uri), fingerprints
 
 
-def _execute(cfg, tracker: Tracker, parent_id: str, on_event) -> PipelineResult:
+def _execute(cfg, tracker: Tracker, parent_id: str, on_event, step_sink=None) -> PipelineResult:
     pipeline = None
     try:
         ray_runtime.connect(cfg.resources.ray_address)
-        pipeline = Pipeline(cfg, tracker, parent_id, on_event)
+        pipeline = Pipeline(cfg, tracker, parent_id, on_event, step_sink)
         result = pipeline.run()
         tracker.finish(parent_id)
         return result
@@ -357,15 +359,19 @@ def _execute(cfg, tracker: Tracker, parent_id: str, on_event) -> PipelineResult:
             pipeline.shutdown()
 
 
-def run_pipeline(cfg, on_event=None) -> PipelineResult:
+def run_pipeline(cfg, on_event=None, *, nest_under: str | None = None, tags: dict | None = None,
+                 step_sink=None) -> PipelineResult:
+    """nest_under: a run (an Optuna study's) this pipeline's run is nested under; tags: extra tags on it;
+    step_sink: sees the QDyLoRA training's per-step metrics and may stop it (see Trainer.train)."""
     on_event = on_event or (lambda kind, payload: None)
     tracker, fingerprints = _preflight(cfg)
     experiment = tracker.experiment_id(cfg.tracking.experiment or cfg.name)
-    parent_id = tracker.create_run(experiment, "pipeline", cfg.name, params={**cfg.model_dump(mode="json"), **fingerprints},
-                                   tags={"dyrank.config_name": cfg.name})
+    parent_id = tracker.create_run(experiment, "pipeline", cfg.name, nest_under,
+                                   params={**cfg.model_dump(mode="json"), **fingerprints},
+                                   tags={"dyrank.config_name": cfg.name, **(tags or {})})
     tracker.client.log_text(parent_id, cfg.to_yaml(), "config.yaml")
     on_event("started", {"parent_run_id": parent_id, "tracking_uri": tracker.uri})
-    return _execute(cfg, tracker, parent_id, on_event)
+    return _execute(cfg, tracker, parent_id, on_event, step_sink)
 
 
 def resume_pipeline(parent_id: str, tracking_uri: str | None = None, on_event=None) -> PipelineResult | None:

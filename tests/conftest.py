@@ -37,3 +37,6 @@ def tiny_config(*overrides: str):
     from orchestrator.config import load_config
 
     return load_config(TINY_YAML, list(overrides))
+
+
+from tests.study_fixture import tiny_study  # noqa: E402,F401  (session fixture: the study, report and UI tests share one study)
