@@ -29,6 +29,7 @@ from dashboards.summary import plot_ranks, summary_table, write_rank_csv
 from evaluators.selection import select_rank
 from orchestrator import ray_runtime
 from orchestrator.actors import RankEvaluator, Trainer, actor_options, read_adapter_files
+from orchestrator.buffered_tracking import BufferedTracker
 from orchestrator.config import parse_config
 from orchestrator.errors import PipelineError
 from orchestrator.ray_runtime import in_ray_job
@@ -334,15 +335,17 @@ def _preflight(cfg) -> tuple[Tracker, dict]:
 
 def _execute(cfg, tracker: Tracker, parent_id: str, on_event) -> PipelineResult:
     pipeline = None
+    tracker = BufferedTracker(tracker, cfg.tracking.max_outage_seconds)  # a tracking outage pauses recording, not work
     try:
         ray_runtime.connect(cfg.resources.ray_address)
         pipeline = Pipeline(cfg, tracker, parent_id, on_event)
         result = pipeline.run()
         tracker.finish(parent_id)
+        tracker.flush()  # success only once every result is in the store
         return result
     except KeyboardInterrupt:
         tracker.set_tags(parent_id, {"dyrank.failure_reason": f"interrupted; continue with: dyrank resume {parent_id}"})
-        tracker.client.set_terminated(parent_id, "KILLED")
+        tracker.terminate(parent_id, "KILLED")
         raise
     except Exception as exc:
         tracker.fail(parent_id, f"{type(exc).__name__}: {exc}")
@@ -350,6 +353,7 @@ def _execute(cfg, tracker: Tracker, parent_id: str, on_event) -> PipelineResult:
     finally:
         if pipeline is not None:
             pipeline.shutdown()
+        tracker.close()
 
 
 def run_pipeline(cfg, on_event=None) -> PipelineResult:
