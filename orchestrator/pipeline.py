@@ -203,14 +203,18 @@ class Pipeline:
         metrics = {**reply["scores"], "device_seconds": reply["device_seconds"]}
         self._record("baseline", rank, f"qlora-r{rank}", reply, metrics, _metric_rows(reply["metrics"]))
 
-    def sweep(self, pool: list, adapter_key: str, files_ref, baseline_jobs: dict) -> list[dict]:
+    def sweep(self, pool: list, adapter_key: str, files_ref, baseline_jobs: dict, zeroshot_ref=None) -> list[dict]:
         """Spread the unrecorded ranks over the pool and record each result the moment it arrives;
-        baselines still training are collected in the same loop, so no finished work waits on another."""
+        baselines still training and the zero-shot score are collected in the same loop, so no finished
+        work waits on another. (Waiting for the zero-shot score first could deadlock: its evaluator may be
+        waiting for the GPU a finished baseline trainer holds until its result is collected here.)"""
         results = {rank: done.row for (kind, rank), done in self.done.items() if kind == "eval"}
         pending = deque(r for r in self.cfg.eval_ranks() if r not in results)
         # An evaluator gets work only once it is up: one still waiting for resources would sit on it.
         waiting = {a.stats.remote(): ("ready", a, None) for a in pool}
         waiting.update({ref: ("baseline", actor, rank) for (_, rank), (actor, ref) in baseline_jobs.items()})
+        if zeroshot_ref is not None:
+            waiting[zeroshot_ref] = ("zeroshot", pool[0], None)
         idle, failures, alive = [], Counter(), len(pool)
         while pending or waiting:
             while pending and idle:
@@ -223,6 +227,10 @@ class Pipeline:
             if what == "baseline":
                 self.record_baseline(rank, self._get(ref, "baseline", rank))
                 self._release(actor)
+                continue
+            if what == "zeroshot":
+                reply = self._get(ref, "zeroshot", None)
+                self._record("zeroshot", None, "zeroshot", reply, _scalars(reply))
                 continue
             try:
                 row = ray.get(ref)
@@ -258,13 +266,10 @@ class Pipeline:
         if ("zeroshot", None) not in self.done:
             zeroshot_ref = pool[0].evaluate_base.remote("validation")
         adapter_key, files_ref = self.finish_training(jobs.get(("train", cfg.adapter.full_rank)))
-        if zeroshot_ref is not None:
-            reply = self._get(zeroshot_ref, "zeroshot", None)
-            self._record("zeroshot", None, "zeroshot", reply, _scalars(reply))
-        zeroshot = self.done[("zeroshot", None)].row
 
         baseline_jobs = {key: job for key, job in jobs.items() if key[0] == "baseline"}
-        ranks = self.sweep(pool, adapter_key, files_ref, baseline_jobs)
+        ranks = self.sweep(pool, adapter_key, files_ref, baseline_jobs, zeroshot_ref)
+        zeroshot = self.done[("zeroshot", None)].row
         baselines = [self.done[("baseline", rank)].row for rank in cfg.baselines.ranks]
 
         s = cfg.selection

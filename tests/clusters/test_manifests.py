@@ -41,16 +41,6 @@ LAUNCHER_MISTAKES = [
 ]
 
 
-@pytest.mark.parametrize("mistake, expected", LAUNCHER_MISTAKES)
-def test_launcher_mistakes_are_caught(tmp_path, mistake, expected):
-    config = yaml.safe_load(LAUNCHER.read_text())
-    mistake(config)
-    path = tmp_path / "launcher.yaml"
-    path.write_text(yaml.safe_dump(config))
-    problems, _ = check_launcher(path, ray.__version__)
-    assert any(expected in p for p in problems), problems
-
-
 def _set_env(doc, name, value):
     doc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"].append({"name": name, "value": value})
 
@@ -69,16 +59,6 @@ CLUSTER_MISTAKES = [
 ]
 
 
-@pytest.mark.parametrize("mistake, expected", CLUSTER_MISTAKES)
-def test_raycluster_mistakes_are_caught(tmp_path, mistake, expected):
-    doc = yaml.safe_load(RAYCLUSTER.read_text())
-    mistake(doc)
-    path = tmp_path / "raycluster.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    problems, _ = check_kuberay(path, ray.__version__)
-    assert any(expected in p for p in problems), problems
-
-
 JOB_MISTAKES = [
     (lambda d: d["spec"].update(shutdownAfterJobFinishes=True), "not allowed with clusterSelector"),
     (lambda d: d["spec"].update(submissionMode="K8sMode"), "not one of K8sJobMode"),
@@ -89,13 +69,18 @@ JOB_MISTAKES = [
 ]
 
 
-@pytest.mark.parametrize("mistake, expected", JOB_MISTAKES)
-def test_rayjob_mistakes_are_caught(tmp_path, mistake, expected):
-    doc = yaml.safe_load(RAYJOB.read_text())
+MISTAKES = ([(LAUNCHER, *m) for m in LAUNCHER_MISTAKES] + [(RAYCLUSTER, *m) for m in CLUSTER_MISTAKES]
+            + [(RAYJOB, *m) for m in JOB_MISTAKES])
+
+
+@pytest.mark.parametrize("source, mistake, expected", MISTAKES, ids=[f"{s.stem}-{e}" for s, _, e in MISTAKES])
+def test_each_mistake_is_caught(tmp_path, source, mistake, expected):
+    doc = yaml.safe_load(source.read_text())
     mistake(doc)
-    path = tmp_path / "rayjob.yaml"
+    path = tmp_path / source.name
     path.write_text(yaml.safe_dump(doc))
-    problems, _ = check_kuberay(path, ray.__version__)
+    check = check_launcher if source == LAUNCHER else check_kuberay
+    problems, _ = check(path, ray.__version__)
     assert any(expected in p for p in problems), problems
 
 

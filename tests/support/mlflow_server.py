@@ -10,6 +10,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import requests
+
 from tests.conftest import REPO
 from tests.support.postgres import Postgres
 from tests.support.processes import free_ports, stop_group, wait_http
@@ -20,7 +22,7 @@ ENTRYPOINT = REPO / "clusters" / "mlflow" / "entrypoint.sh"
 class MlflowServer:
     def __init__(self, postgres: Postgres, folder: Path):
         self.folder = folder
-        self.username, self.password = "admin", uuid.uuid4().hex
+        self.username, self.password = "admin", uuid.uuid4().hex  # the admin only creates the user below
         (self.port,) = free_ports(1)
         self.uri = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -35,24 +37,35 @@ class MlflowServer:
             self.env.pop(key, None)
         self.proc: subprocess.Popen | None = None
         self.starts = 0
-        self.start()
+        self.user, self.user_password = "dyrank", uuid.uuid4().hex  # created by wait_ready, as the README says
+        self.launch()
 
     @property
     def client_env(self) -> dict[str, str]:
-        """What a client (the dyrank driver) needs: the URI and the credentials."""
-        return {"MLFLOW_TRACKING_URI": self.uri, "MLFLOW_TRACKING_USERNAME": self.username,
-                "MLFLOW_TRACKING_PASSWORD": self.password}
+        """What the dyrank driver needs: the URI and the credentials of a plain (non-admin) user."""
+        return {"MLFLOW_TRACKING_URI": self.uri, "MLFLOW_TRACKING_USERNAME": self.user,
+                "MLFLOW_TRACKING_PASSWORD": self.user_password}
 
-    def start(self, timeout: float = 180) -> None:
+    def launch(self) -> None:
+        """Start the server without waiting for it (other set-up can go on meanwhile)."""
         self.starts += 1
-        log = open(self.folder / f"server-{self.starts}.log", "w")
-        self.proc = subprocess.Popen(["sh", str(ENTRYPOINT)], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        log.close()
+        with open(self.folder / f"server-{self.starts}.log", "w") as log:
+            self.proc = subprocess.Popen(["sh", str(ENTRYPOINT)], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    def wait_ready(self, timeout: float = 180) -> None:
         try:
             wait_http(f"{self.uri}/health", self.proc, "mlflow server", timeout)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}\n{(self.folder / f'server-{self.starts}.log').read_text()[-3000:]}") from None
+        if self.starts == 1:
+            reply = requests.post(f"{self.uri}/api/2.0/mlflow/users/create", auth=(self.username, self.password),
+                                  json={"username": self.user, "password": self.user_password}, timeout=60)
+            reply.raise_for_status()
+
+    def start(self) -> None:
+        self.launch()
+        self.wait_ready()
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -42,19 +42,28 @@ def wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 120)
             time.sleep(0.5)
 
 
-def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 10) -> None:
-    """End a process started with start_new_session=True and everything in its group, by its PID."""
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+def stop_groups(procs: list[subprocess.Popen], sig: int = signal.SIGTERM, grace: float = 10) -> None:
+    """End processes started with start_new_session=True and everything in their groups, by PID; all are
+    signalled first and waited for together."""
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            pass
     time.sleep(0.5)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # anything of that group still alive
-    except ProcessLookupError:
-        pass
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # anything of that group still alive
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 10) -> None:
+    stop_groups([proc], sig, grace)

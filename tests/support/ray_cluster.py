@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.support.processes import free_ports, stop_group, wait_http
+from tests.support.processes import free_ports, stop_groups, wait_http
 
 BIN = Path(sys.executable).parent
 
@@ -35,7 +35,11 @@ class RayCluster:
         self._start("head", ["--head", "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
                              "--dashboard-port", str(dashboard), "--include-dashboard", "true",
                              "--ray-client-server-port", str(client)], head_cpus, 0, head_resources)
-        wait_http(f"{self.address}/api/version", self.nodes[0], "ray head")
+        try:
+            wait_http(f"{self.address}/api/version", self.nodes[0], "ray head")
+        except RuntimeError:
+            self.stop()
+            raise
 
     def add_worker(self, num_cpus: int, num_gpus: int = 0, resources: dict | None = None) -> None:
         self._start("worker", ["--address", f"127.0.0.1:{self.gcs_port}"], num_cpus, num_gpus, resources)
@@ -77,6 +81,5 @@ class RayCluster:
             time.sleep(1)
 
     def stop(self) -> None:
-        for node in reversed(self.nodes):
-            stop_group(node)
+        stop_groups(self.nodes)
         self.nodes = []
