@@ -85,7 +85,7 @@ class Pipeline:
         as the record of that failure."""
         self.existing, self.done = {}, {}
         for run in self.tracker.children(self.parent_id):
-            rank = run.data.params.get("rank")
+            rank = run.data.params.get("rank", run.data.tags.get("dyrank.rank"))  # the tag: a run whose params never landed
             key = (run.data.tags.get("dyrank.kind"), int(rank) if rank is not None else None)
             self.existing[key] = run
             if run.info.status == "FINISHED":
@@ -101,7 +101,9 @@ class Pipeline:
         method = {"baseline": "qlora", "zeroshot": "base"}.get(kind, self.cfg.adapter.method)
         params = {"method": method}
         if rank is not None:
-            params["rank"] = rank
+            # Also a tag, written with the run itself: a driver killed before the params were written
+            # leaves a run that `dyrank resume` still recognises (and completes) instead of duplicating.
+            params["rank"] = tags["dyrank.rank"] = rank
         if existing is not None:
             run_id = existing.info.run_id
             self.tracker.set_tags(run_id, tags)
@@ -109,7 +111,7 @@ class Pipeline:
             run_id = self.tracker.create_run(self.experiment_id, kind, name, self.parent_id, None, tags, reply.get("start"))
         if series:
             self.tracker.log_series(run_id, series, TRAIN_SERIES.values())
-        self.tracker.log(run_id, params if existing is None else None, metrics)
+        self.tracker.log(run_id, params, metrics)  # on a reused run: the same values again, which MLflow accepts
         self.tracker.finish(run_id, reply.get("end"))
         self.done[(kind, rank)] = Recorded(run_id, {"rank": rank, **metrics})
         return run_id
