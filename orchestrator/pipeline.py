@@ -146,14 +146,21 @@ class Pipeline:
         ray.kill(actor, no_restart=True)
         self.actors.remove(actor)
 
-    def finish_training(self, job) -> tuple[str, object]:
+    def finish_training(self, job, baseline_jobs: dict) -> tuple[str, object]:
         """Wait for the QDyLoRA training, record it, and put its adapter in the object store.
-        The adapter is logged before the run is marked FINISHED, so a finished run always has one."""
+        The adapter is logged before the run is marked FINISHED, so a finished run always has one.
+        Baselines that finish first are recorded and their GPUs freed meanwhile: with fewer cards than
+        trainers, the QDyLoRA trainer may be waiting for one of theirs."""
         rank = self.cfg.adapter.full_rank
         if job is None:  # finished before an interruption: the adapter is in MLflow
             files = read_adapter_files(self.tracker.download(self.parent_id, "adapter", self.workdir / "downloaded"))
         else:
             actor, ref = job
+            while baseline_jobs:
+                [first], _ = ray.wait([ref, *(r for _, r in baseline_jobs.values())], num_returns=1)
+                if first == ref:
+                    break
+                self.finish_baseline(next(k for k, (_, r) in baseline_jobs.items() if r == first), baseline_jobs)
             reply = self._get(ref, "train", rank)
             self._release(actor)
             files = reply.pop("adapter_files")
@@ -200,10 +207,14 @@ class Pipeline:
         return pool
 
     # ---- 3. sweep --------------------------------------------------------------------------------
-    def record_baseline(self, rank: int, reply: dict) -> None:
+    def finish_baseline(self, key: tuple, baseline_jobs: dict) -> None:
+        """Record a finished baseline and give its trainer's GPU back."""
+        actor, ref = baseline_jobs.pop(key)
+        reply = self._get(ref, "baseline", key[1])
         reply.pop("adapter_files")
         metrics = {**reply["scores"], "device_seconds": reply["device_seconds"]}
-        self._record("baseline", rank, f"qlora-r{rank}", reply, metrics, _metric_rows(reply["metrics"]))
+        self._record("baseline", key[1], f"qlora-r{key[1]}", reply, metrics, _metric_rows(reply["metrics"]))
+        self._release(actor)
 
     def sweep(self, pool: list, adapter_key: str, files_ref, baseline_jobs: dict, zeroshot_ref=None) -> list[dict]:
         """Spread the unrecorded ranks over the pool and record each result the moment it arrives;
@@ -227,8 +238,7 @@ class Pipeline:
             [ref], _ = ray.wait(list(waiting), num_returns=1)
             what, actor, rank = waiting.pop(ref)
             if what == "baseline":
-                self.record_baseline(rank, self._get(ref, "baseline", rank))
-                self._release(actor)
+                self.finish_baseline(("baseline", rank), baseline_jobs)
                 continue
             if what == "zeroshot":
                 reply = self._get(ref, "zeroshot", None)
@@ -267,9 +277,8 @@ class Pipeline:
         zeroshot_ref = None
         if ("zeroshot", None) not in self.done:
             zeroshot_ref = pool[0].evaluate_base.remote("validation")
-        adapter_key, files_ref = self.finish_training(jobs.get(("train", cfg.adapter.full_rank)))
-
         baseline_jobs = {key: job for key, job in jobs.items() if key[0] == "baseline"}
+        adapter_key, files_ref = self.finish_training(jobs.get(("train", cfg.adapter.full_rank)), baseline_jobs)
         ranks = self.sweep(pool, adapter_key, files_ref, baseline_jobs, zeroshot_ref)
         zeroshot = self.done[("zeroshot", None)].row
         baselines = [self.done[("baseline", rank)].row for rank in cfg.baselines.ranks]
