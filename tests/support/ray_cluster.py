@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -83,3 +84,4 @@ class RayCluster:
     def stop(self) -> None:
         stop_groups(self.nodes)
         self.nodes = []
+        shutil.rmtree(self.temp, ignore_errors=True)  # session logs and sockets
