@@ -208,6 +208,10 @@ class TrackingConfig(_Section):
             raise ValueError(f"unsupported tracking URI {value!r}; use one of {', '.join(TRACKING_SCHEMES)}")
         return value
     experiment: str | None = Field(None, description="MLflow experiment; default: the config's name.")
+    max_outage_seconds: PositiveFloat = Field(
+        600.0, description="How long the driver buffers and retries MLflow writes while the store is unreachable "
+        "before the pipeline stops with an error (recorded work is kept; `dyrank resume` finishes the rest).",
+    )
 
 
 class ResourcesConfig(_Section):

@@ -29,6 +29,7 @@ from dashboards.summary import plot_ranks, summary_table, write_rank_csv
 from evaluators.selection import select_rank
 from orchestrator import ray_runtime
 from orchestrator.actors import RankEvaluator, Trainer, actor_options, read_adapter_files
+from orchestrator.buffered_tracking import BufferedTracker
 from orchestrator.config import parse_config
 from orchestrator.errors import PipelineError
 from orchestrator.ray_runtime import in_ray_job
@@ -85,7 +86,7 @@ class Pipeline:
         as the record of that failure."""
         self.existing, self.done = {}, {}
         for run in self.tracker.children(self.parent_id):
-            rank = run.data.params.get("rank")
+            rank = run.data.params.get("rank", run.data.tags.get("dyrank.rank"))  # the tag: a run whose params never landed
             key = (run.data.tags.get("dyrank.kind"), int(rank) if rank is not None else None)
             self.existing[key] = run
             if run.info.status == "FINISHED":
@@ -101,7 +102,9 @@ class Pipeline:
         method = {"baseline": "qlora", "zeroshot": "base"}.get(kind, self.cfg.adapter.method)
         params = {"method": method}
         if rank is not None:
-            params["rank"] = rank
+            # Also a tag, written with the run itself: a driver killed before the params were written
+            # leaves a run that `dyrank resume` still recognises (and completes) instead of duplicating.
+            params["rank"] = tags["dyrank.rank"] = rank
         if existing is not None:
             run_id = existing.info.run_id
             self.tracker.set_tags(run_id, tags)
@@ -109,7 +112,7 @@ class Pipeline:
             run_id = self.tracker.create_run(self.experiment_id, kind, name, self.parent_id, None, tags, reply.get("start"))
         if series:
             self.tracker.log_series(run_id, series, TRAIN_SERIES.values())
-        self.tracker.log(run_id, params if existing is None else None, metrics)
+        self.tracker.log(run_id, params, metrics)  # on a reused run: the same values again, which MLflow accepts
         self.tracker.finish(run_id, reply.get("end"))
         self.done[(kind, rank)] = Recorded(run_id, {"rank": rank, **metrics})
         return run_id
@@ -145,14 +148,21 @@ class Pipeline:
         ray.kill(actor, no_restart=True)
         self.actors.remove(actor)
 
-    def finish_training(self, job) -> tuple[str, object]:
+    def finish_training(self, job, baseline_jobs: dict) -> tuple[str, object]:
         """Wait for the QDyLoRA training, record it, and put its adapter in the object store.
-        The adapter is logged before the run is marked FINISHED, so a finished run always has one."""
+        The adapter is logged before the run is marked FINISHED, so a finished run always has one.
+        Baselines that finish first are recorded and their GPUs freed meanwhile: with fewer cards than
+        trainers, the QDyLoRA trainer may be waiting for one of theirs."""
         rank = self.cfg.adapter.full_rank
         if job is None:  # finished before an interruption: the adapter is in MLflow
             files = read_adapter_files(self.tracker.download(self.parent_id, "adapter", self.workdir / "downloaded"))
         else:
             actor, ref = job
+            while baseline_jobs:
+                [first], _ = ray.wait([ref, *(r for _, r in baseline_jobs.values())], num_returns=1)
+                if first == ref:
+                    break
+                self.finish_baseline(next(k for k, (_, r) in baseline_jobs.items() if r == first), baseline_jobs)
             reply = self._get(ref, "train", rank)
             self._release(actor)
             files = reply.pop("adapter_files")
@@ -199,19 +209,27 @@ class Pipeline:
         return pool
 
     # ---- 3. sweep --------------------------------------------------------------------------------
-    def record_baseline(self, rank: int, reply: dict) -> None:
+    def finish_baseline(self, key: tuple, baseline_jobs: dict) -> None:
+        """Record a finished baseline and give its trainer's GPU back."""
+        actor, ref = baseline_jobs.pop(key)
+        reply = self._get(ref, "baseline", key[1])
         reply.pop("adapter_files")
         metrics = {**reply["scores"], "device_seconds": reply["device_seconds"]}
-        self._record("baseline", rank, f"qlora-r{rank}", reply, metrics, _metric_rows(reply["metrics"]))
+        self._record("baseline", key[1], f"qlora-r{key[1]}", reply, metrics, _metric_rows(reply["metrics"]))
+        self._release(actor)
 
-    def sweep(self, pool: list, adapter_key: str, files_ref, baseline_jobs: dict) -> list[dict]:
+    def sweep(self, pool: list, adapter_key: str, files_ref, baseline_jobs: dict, zeroshot_ref=None) -> list[dict]:
         """Spread the unrecorded ranks over the pool and record each result the moment it arrives;
-        baselines still training are collected in the same loop, so no finished work waits on another."""
+        baselines still training and the zero-shot score are collected in the same loop, so no finished
+        work waits on another. (Waiting for the zero-shot score first could deadlock: its evaluator may be
+        waiting for the GPU a finished baseline trainer holds until its result is collected here.)"""
         results = {rank: done.row for (kind, rank), done in self.done.items() if kind == "eval"}
         pending = deque(r for r in self.cfg.eval_ranks() if r not in results)
         # An evaluator gets work only once it is up: one still waiting for resources would sit on it.
         waiting = {a.stats.remote(): ("ready", a, None) for a in pool}
         waiting.update({ref: ("baseline", actor, rank) for (_, rank), (actor, ref) in baseline_jobs.items()})
+        if zeroshot_ref is not None:
+            waiting[zeroshot_ref] = ("zeroshot", pool[0], None)
         idle, failures, alive = [], Counter(), len(pool)
         while pending or waiting:
             while pending and idle:
@@ -222,8 +240,11 @@ class Pipeline:
             [ref], _ = ray.wait(list(waiting), num_returns=1)
             what, actor, rank = waiting.pop(ref)
             if what == "baseline":
-                self.record_baseline(rank, self._get(ref, "baseline", rank))
-                self._release(actor)
+                self.finish_baseline(("baseline", rank), baseline_jobs)
+                continue
+            if what == "zeroshot":
+                reply = self._get(ref, "zeroshot", None)
+                self._record("zeroshot", None, "zeroshot", reply, _scalars(reply))
                 continue
             try:
                 row = ray.get(ref)
@@ -258,14 +279,10 @@ class Pipeline:
         zeroshot_ref = None
         if ("zeroshot", None) not in self.done:
             zeroshot_ref = pool[0].evaluate_base.remote("validation")
-        adapter_key, files_ref = self.finish_training(jobs.get(("train", cfg.adapter.full_rank)))
-        if zeroshot_ref is not None:
-            reply = self._get(zeroshot_ref, "zeroshot", None)
-            self._record("zeroshot", None, "zeroshot", reply, _scalars(reply))
-        zeroshot = self.done[("zeroshot", None)].row
-
         baseline_jobs = {key: job for key, job in jobs.items() if key[0] == "baseline"}
-        ranks = self.sweep(pool, adapter_key, files_ref, baseline_jobs)
+        adapter_key, files_ref = self.finish_training(jobs.get(("train", cfg.adapter.full_rank)), baseline_jobs)
+        ranks = self.sweep(pool, adapter_key, files_ref, baseline_jobs, zeroshot_ref)
+        zeroshot = self.done[("zeroshot", None)].row
         baselines = [self.done[("baseline", rank)].row for rank in cfg.baselines.ranks]
 
         s = cfg.selection
@@ -341,15 +358,17 @@ def _preflight(cfg) -> tuple[Tracker, dict]:
 
 def _execute(cfg, tracker: Tracker, parent_id: str, on_event, step_sink=None) -> PipelineResult:
     pipeline = None
+    tracker = BufferedTracker(tracker, cfg.tracking.max_outage_seconds)  # a tracking outage pauses recording, not work
     try:
         ray_runtime.connect(cfg.resources.ray_address)
         pipeline = Pipeline(cfg, tracker, parent_id, on_event, step_sink)
         result = pipeline.run()
         tracker.finish(parent_id)
+        tracker.flush()  # success only once every result is in the store
         return result
     except KeyboardInterrupt:
         tracker.set_tags(parent_id, {"dyrank.failure_reason": f"interrupted; continue with: dyrank resume {parent_id}"})
-        tracker.client.set_terminated(parent_id, "KILLED")
+        tracker.terminate(parent_id, "KILLED")
         raise
     except Exception as exc:
         tracker.fail(parent_id, f"{type(exc).__name__}: {exc}")
@@ -357,6 +376,7 @@ def _execute(cfg, tracker: Tracker, parent_id: str, on_event, step_sink=None) ->
     finally:
         if pipeline is not None:
             pipeline.shutdown()
+        tracker.close()
 
 
 def run_pipeline(cfg, on_event=None, *, nest_under: str | None = None, tags: dict | None = None,

@@ -96,10 +96,12 @@ class Tracker:
             self.log_params(run.info.run_id, params)
         return run.info.run_id
 
-    def log(self, run_id: str, params: dict | None = None, metrics: dict[str, float] | None = None, step: int = 0) -> None:
-        """Params and metrics in as few store transactions as MLflow's batch limits allow."""
+    def log(self, run_id: str, params: dict | None = None, metrics: dict[str, float] | None = None, step: int = 0,
+            timestamp_ms: int | None = None) -> None:
+        """Params and metrics in as few store transactions as MLflow's batch limits allow. A fixed
+        timestamp_ms makes a retried write identical to the first, which MLflow then stores once."""
         params = [Param(k, str(v)[:6000]) for k, v in _flatten(params or {}).items()]
-        ts = int(time.time() * 1000)
+        ts = timestamp_ms or int(time.time() * 1000)
         metrics = [Metric(k, float(v), ts, step) for k, v in (metrics or {}).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
         while params or metrics:  # MLflow takes at most 100 params and 1000 metrics per batch
@@ -112,9 +114,9 @@ class Tracker:
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         self.log(run_id, metrics=metrics, step=step)
 
-    def log_series(self, run_id: str, rows: Iterable[dict], keys: Iterable[str]) -> None:
+    def log_series(self, run_id: str, rows: Iterable[dict], keys: Iterable[str], timestamp_ms: int | None = None) -> None:
         """Per-step metrics (train loss, sampled rank, ...), one MLflow step per row."""
-        now = int(time.time() * 1000)
+        now = timestamp_ms or int(time.time() * 1000)
         items = [Metric(k, float(row[k]), now, int(row["step"])) for row in rows for k in keys if k in row]
         for start in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[start:start + 1000])
@@ -138,6 +140,12 @@ class Tracker:
         self.client.set_tag(run_id, FAILURE_TAG, reason[:5000])
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 
+    def terminate(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
     # ---- reading back ------------------------------------------------------------------------------
     def run(self, run_id: str):
         return self.client.get_run(run_id)
@@ -148,6 +156,11 @@ class Tracker:
         if kind:
             query += f" and tags.`{KIND_TAG}` = '{kind}'"
         return self.client.search_runs([parent.info.experiment_id], query, run_view_type=ViewType.ALL, max_results=10_000)
+
+    def find_by_tag(self, experiment_id: str, key: str, value: str) -> str | None:
+        """The id of the run tagged key=value, if one exists (how a retried create finds its first try)."""
+        found = self.client.search_runs([experiment_id], f"tags.`{key}` = '{value}'", run_view_type=ViewType.ALL, max_results=1)
+        return found[0].info.run_id if found else None
 
     def download(self, run_id: str, artifact_path: str, dst: str | Path) -> Path:
         return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
