@@ -23,7 +23,8 @@ from torch import nn
 from trainers.methods.base import Method
 from trainers.qdylora.model import DYNAMIC_META
 
-_PROJECTOR_FIELDS = ("rank", "update_proj_gap", "scale", "proj_type", "ortho_matrix")
+# No strings: torch's load_state_dict casts state values and would rebuild a str from its characters' generator.
+_PROJECTOR_FIELDS = ("rank", "update_proj_gap", "scale", "ortho_matrix")
 MIN_8BIT_SIZE = 256  # bitsandbytes keeps smaller states in 32 bits (default 4096 would leave a tiny model's 32-bit)
 
 
@@ -38,13 +39,14 @@ class _CheckpointableProjectors:
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
-        for s in self.state.values():
-            saved = s.get("projector")
-            if isinstance(saved, dict):
-                projector = GaLoreProjector(saved["rank"], update_proj_gap=saved["update_proj_gap"], scale=saved["scale"],
-                                            proj_type=saved["proj_type"])
-                projector.ortho_matrix = saved["ortho_matrix"]
-                s["projector"] = projector
+        for group in self.param_groups:
+            for p in group["params"]:
+                saved = self.state[p].get("projector") if p in self.state else None
+                if isinstance(saved, dict):
+                    projector = GaLoreProjector(saved["rank"], update_proj_gap=saved["update_proj_gap"],
+                                                scale=saved["scale"], proj_type=group["proj_type"])
+                    projector.ortho_matrix = saved["ortho_matrix"]
+                    self.state[p]["projector"] = projector
 
 
 class _AdamW(_CheckpointableProjectors, GaLoreAdamW):
