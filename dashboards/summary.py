@@ -28,6 +28,19 @@ def summary_table(ranks: list[dict], baselines: list[dict], selected_rank: int, 
     return "\n".join(lines)
 
 
+def cost_table(jobs: list[dict]) -> str:
+    """What each training job cost, one row per job (`method`, `rank` and the COST_COLUMNS metrics)."""
+    head = (f"{'method':<11}{'rank':>5}  {'trainable':>10}  {'saved KiB':>10}  {'peak MiB':>9}  {'s/step':>7}  "
+            f"{'train s':>8}")
+    lines = [head, "-" * len(head)]
+    for job in jobs:
+        lines.append(f"{job['method']:<11}{job['rank']:>5}  {int(job.get('trainable_params', 0)):>10}  "
+                     f"{job.get('adapter_bytes', float('nan')) / 1024:>10.1f}  "
+                     f"{job.get('peak_memory_bytes', float('nan')) / 2**20:>9.1f}  "
+                     f"{job.get('step_seconds', float('nan')):>7.3f}  {job.get('device_seconds', float('nan')):>8.1f}")
+    return "\n".join(lines)
+
+
 def write_rank_csv(ranks: list[dict], baselines: list[dict], path: Path) -> Path:
     rows = [{"method": "qdylora", **r} for r in ranks] + [{"method": "qlora", **b} for b in baselines]  # b's own wins
     keys = ["method", "rank", *COLUMNS, *COST_COLUMNS]

@@ -1,7 +1,8 @@
-"""The pipeline: one QDyLoRA training, QLoRA baselines beside it, every rank evaluated, one selected.
+"""The pipeline: one QDyLoRA training, baselines of any method beside it, every rank evaluated, one selected.
 
 Stages, in the order `Pipeline.run` calls them:
-  1. trainers   one Ray actor per training job (QDyLoRA + each baseline), launched together
+  1. trainers   one Ray actor per training job (QDyLoRA + each baseline job: QLoRA ranks and
+                baselines.methods), launched together; a baseline scores itself once, at its rank
   2. evaluators a pool that loads the base while training runs and scores the base model (zero-shot)
   3. sweep      the QDyLoRA adapter fans out: every rank scored on validation, results streamed back
   4. select     the policy picks a rank on validation; the selected rank and baselines are scored on test
@@ -25,7 +26,7 @@ import ray
 import yaml
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
-from dashboards.summary import plot_ranks, summary_table, write_rank_csv
+from dashboards.summary import cost_table, plot_ranks, summary_table, write_rank_csv
 from evaluators.selection import select_rank
 from orchestrator import ray_runtime
 from orchestrator.actors import RankEvaluator, Trainer, actor_options, read_adapter_files
@@ -61,6 +62,12 @@ def _metric_rows(lines: list[str]) -> list[dict]:
 
 
 NOT_METRICS = {"rank", "start", "end", "pid"}  # placement and timestamps go to tags and run times
+COSTS = ("trainable_params", "adapter_bytes", "peak_memory_bytes", "device_seconds", "step_seconds")
+
+
+def _costs(reply: dict) -> dict:
+    """The cost metrics every training run carries, whatever its method (trainers.finetune.COST_KEYS)."""
+    return {k: reply["costs"][k] for k in COSTS if k in reply.get("costs", {})} or {"device_seconds": reply["device_seconds"]}
 
 
 def _scalars(row: dict) -> dict:
@@ -79,25 +86,31 @@ class Pipeline:
 
     # ---- bookkeeping -----------------------------------------------------------------------------
     def _load_existing(self) -> None:
-        """Child runs an earlier driver recorded, by (kind, rank). FINISHED ones are done work; a RUNNING
-        one (the driver died while writing it) is reused rather than duplicated; a FAILED one is kept
-        as the record of that failure."""
+        """Child runs an earlier driver recorded, by (kind, rank), baselines by (kind, job name). FINISHED
+        ones are done work; a RUNNING one (the driver died while writing it) is reused rather than
+        duplicated; a FAILED one is kept as the record of that failure."""
         self.existing, self.done = {}, {}
         for run in self.tracker.children(self.parent_id):
-            rank = run.data.params.get("rank")
-            key = (run.data.tags.get("dyrank.kind"), int(rank) if rank is not None else None)
+            rank, kind = run.data.params.get("rank"), run.data.tags.get("dyrank.kind")
+            key = (kind, run.info.run_name if kind == "baseline" else int(rank) if rank is not None else None)
             self.existing[key] = run
             if run.info.status == "FINISHED":
-                self.done[key] = Recorded(run.info.run_id, {"rank": key[1], **run.data.metrics})
+                row = {"rank": int(rank) if rank is not None else None, **run.data.metrics}
+                if kind == "baseline":
+                    row.update(method=run.data.params.get("method"), job=run.info.run_name)
+                self.done[key] = Recorded(run.info.run_id, row)
 
-    def _record(self, kind: str, rank: int | None, name: str, reply: dict, metrics: dict, series: list[dict] = ()):
-        """Create (or reuse, if an interrupted driver left it unfinished) the child run for one result."""
-        existing = self.existing.get((kind, rank))
+    def _record(self, kind: str, rank: int | None, name: str, reply: dict, metrics: dict, series: list[dict] = (),
+                method: str | None = None):
+        """Create (or reuse, if an interrupted driver left it unfinished) the child run for one result;
+        baselines are keyed by their job name (two methods may share a rank)."""
+        key = (kind, name if kind == "baseline" else rank)
+        existing = self.existing.get(key)
         if existing is not None and existing.info.status != "RUNNING":
             existing = None
         tags = {"dyrank.actor_id": reply.get("actor_id"), "dyrank.node_id": reply.get("node_id"),
                 "dyrank.gpu_ids": ",".join(reply.get("gpu_ids", []))}
-        method = {"baseline": "qlora", "zeroshot": "base"}.get(kind, self.cfg.adapter.method)
+        method = method or {"zeroshot": "base"}.get(kind, self.cfg.adapter.method)
         params = {"method": method}
         if rank is not None:
             params["rank"] = rank
@@ -110,32 +123,29 @@ class Pipeline:
             self.tracker.log_series(run_id, series, TRAIN_SERIES.values())
         self.tracker.log(run_id, params if existing is None else None, metrics)
         self.tracker.finish(run_id, reply.get("end"))
-        self.done[(kind, rank)] = Recorded(run_id, {"rank": rank, **metrics})
+        row = {"rank": rank, **metrics}
+        if kind == "baseline":
+            row.update(method=method, job=name)
+        self.done[key] = Recorded(run_id, row)
         return run_id
 
     # ---- 1. trainers -----------------------------------------------------------------------------
-    def _job_config(self, baseline_rank: int | None) -> dict:
-        if baseline_rank is None:
-            return self.config_dict
-        cfg = json.loads(json.dumps(self.config_dict))
-        cfg["adapter"].update(method="qlora", rank=baseline_rank)
-        cfg["evaluation"]["ranks"] = [baseline_rank]
-        return cfg
-
     def launch_trainers(self) -> dict:
-        """Start every unfinished training job at once; Ray runs them in parallel as resources allow."""
+        """Start every unfinished training job at once; Ray runs them in parallel as resources allow.
+        Keys: ("train", rank) for the main job, ("baseline", job name) for the others."""
         jobs = {}
-        wanted = [("train", self.cfg.adapter.full_rank, None)] + [("baseline", r, r) for r in self.cfg.baselines.ranks]
-        for kind, rank, baseline_rank in wanted:
-            if (kind, rank) in self.done:
+        wanted = [("train", self.cfg.adapter.full_rank, "train", self.config_dict)]
+        self.job_specs = {name: (method, rank) for name, method, rank, _ in self.cfg.baseline_jobs()}
+        wanted += [("baseline", name, f"baseline-{name}", job) for name, _, _, job in self.cfg.baseline_jobs()]
+        for kind, key, job, job_config in wanted:
+            if (kind, key) in self.done:
                 continue
-            job = kind if kind == "train" else f"baseline-r{rank}"
             options = actor_options(self.cfg, "trainer")
             actor = Trainer.options(name=f"Trainer-{self.parent_id[:12]}-{job}", **options).remote(
-                self._job_config(baseline_rank), options["num_cpus"])
+                job_config, options["num_cpus"])
             self.actors.append(actor)
-            out = self.workdir / job
-            jobs[(kind, rank)] = (actor, actor.train.remote(str(out), ("validation", "test") if kind == "baseline" else ()))
+            jobs[(kind, key)] = (actor, actor.train.remote(str(self.workdir / job),
+                                                           ("validation", "test") if kind == "baseline" else ()))
         return jobs
 
     def _release(self, actor) -> None:
@@ -159,8 +169,7 @@ class Pipeline:
             for name, data in files.items():
                 (folder / name).write_bytes(data)
             self.tracker.log_artifact(self.parent_id, folder, "adapter")
-            metrics = {"device_seconds": reply["device_seconds"], "final_train_loss": reply["final_loss"],
-                       "resumed_from_step": reply["resumed_from"]}
+            metrics = {**_costs(reply), "final_train_loss": reply["final_loss"], "resumed_from_step": reply["resumed_from"]}
             self._record("train", rank, "qdylora-train", reply, metrics, _metric_rows(reply["metrics"]))
             self.on_event("trained", reply)
         return f"{self.parent_id}-adapter", ray.put(files)
@@ -197,10 +206,14 @@ class Pipeline:
         return pool
 
     # ---- 3. sweep --------------------------------------------------------------------------------
-    def record_baseline(self, rank: int, reply: dict) -> None:
-        reply.pop("adapter_files")
-        metrics = {**reply["scores"], "device_seconds": reply["device_seconds"]}
-        self._record("baseline", rank, f"qlora-r{rank}", reply, metrics, _metric_rows(reply["metrics"]))
+    def record_baseline(self, name: str, reply: dict) -> None:
+        """One baseline job's run: params method and rank, its scores and costs, its method's records."""
+        reply.pop("adapter_files", None)
+        method, rank = self.job_specs[name]
+        metrics = {**reply["scores"], **_costs(reply), "final_train_loss": reply["final_loss"]}
+        run_id = self._record("baseline", rank, name, reply, metrics, _metric_rows(reply["metrics"]), method=method)
+        for artifact, data in reply.get("artifacts", {}).items():
+            self.tracker.client.log_dict(run_id, data, f"{artifact}.json")
 
     def sweep(self, pool: list, adapter_key: str, files_ref, baseline_jobs: dict) -> list[dict]:
         """Spread the unrecorded ranks over the pool and record each result the moment it arrives;
@@ -209,7 +222,7 @@ class Pipeline:
         pending = deque(r for r in self.cfg.eval_ranks() if r not in results)
         # An evaluator gets work only once it is up: one still waiting for resources would sit on it.
         waiting = {a.stats.remote(): ("ready", a, None) for a in pool}
-        waiting.update({ref: ("baseline", actor, rank) for (_, rank), (actor, ref) in baseline_jobs.items()})
+        waiting.update({ref: ("baseline", actor, name) for (_, name), (actor, ref) in baseline_jobs.items()})
         idle, failures, alive = [], Counter(), len(pool)
         while pending or waiting:
             while pending and idle:
@@ -219,8 +232,8 @@ class Pipeline:
                 raise PipelineError(f"every evaluator died; ranks left: {list(pending)}")
             [ref], _ = ray.wait(list(waiting), num_returns=1)
             what, actor, rank = waiting.pop(ref)
-            if what == "baseline":
-                self.record_baseline(rank, self._get(ref, "baseline", rank))
+            if what == "baseline":  # `rank` holds the job's name here
+                self.record_baseline(rank, self._get(ref, "baseline", self.job_specs[rank][1]))
                 self._release(actor)
                 continue
             try:
@@ -264,7 +277,7 @@ class Pipeline:
 
         baseline_jobs = {key: job for key, job in jobs.items() if key[0] == "baseline"}
         ranks = self.sweep(pool, adapter_key, files_ref, baseline_jobs)
-        baselines = [self.done[("baseline", rank)].row for rank in cfg.baselines.ranks]
+        baselines = [self.done[("baseline", name)].row for name, *_ in cfg.baseline_jobs()]
 
         s = cfg.selection
         selected = select_rank(ranks, s.metric, s.policy, s.tolerance, s.greater_is_better)
@@ -294,13 +307,15 @@ class Pipeline:
             parent["best_baseline_rank"] = best_baseline["rank"]
             parent[f"{metric}_minus_best_baseline"] = selected[metric] - best_baseline[metric]
             for b in baselines:
-                parent.update({f"qlora_r{b['rank']}_{k}": v for k, v in b.items() if k.startswith("test_")})
+                job = b["job"].replace("-", "_").replace(".", "_")
+                parent.update({f"{job}_{k}": v for k, v in b.items() if k.startswith("test_")})
         self.tracker.log_metrics(self.parent_id, parent)
         out = self.workdir / "report"
         out.mkdir(exist_ok=True)
         plot_ranks(ranks, baselines, selected["rank"], out / "rank_vs_metric.png", metric, zeroshot)
         write_rank_csv(ranks, baselines, out / "ranks.csv")
-        table = summary_table(ranks, baselines, selected["rank"], metric)
+        trained = {"method": self.cfg.adapter.method, **self.done[("train", self.cfg.adapter.full_rank)].row}
+        table = summary_table(ranks, baselines, selected["rank"], metric) + "\n\n" + cost_table([trained, *baselines])
         (out / "summary.txt").write_text(table + "\n")
         self.tracker.log_artifact(self.parent_id, out, "report")
         return PipelineResult(self.parent_id, selected["rank"], ranks, baselines, table)
