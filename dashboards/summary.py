@@ -9,7 +9,8 @@ COLUMNS = ("eval_loss", "eval_perplexity", "eval_exact_match")
 COST_COLUMNS = ("trainable_params", "adapter_bytes", "peak_memory_bytes", "step_seconds", "device_seconds")
 
 
-def summary_table(ranks: list[dict], baselines: list[dict], selected_rank: int, metric: str = "eval_loss") -> str:
+def summary_table(ranks: list[dict], baselines: list[dict], selected_rank: int, metric: str = "eval_loss",
+                  method: str = "qdylora") -> str:
     """Rank, eval loss and task metric per QDyLoRA rank, the selected one marked, baselines (any method) below."""
     head = f"{'':2}{'method':<11}{'rank':>5}  {'eval_loss':>10}  {'perplexity':>11}  {'exact_match':>11}"
     lines = [head, "-" * len(head)]
@@ -19,7 +20,7 @@ def summary_table(ranks: list[dict], baselines: list[dict], selected_rank: int, 
                 f"{row.get('eval_exact_match', float('nan')):>11.3f}")
 
     for row in sorted(ranks, key=lambda r: r["rank"]):
-        lines.append(line("*" if row["rank"] == selected_rank else "", "qdylora", row))
+        lines.append(line("*" if row["rank"] == selected_rank else "", method, row))
     if baselines:
         lines.append("-" * len(head))
         for row in sorted(baselines, key=lambda r: (r.get("method", "qlora"), r["rank"])):

@@ -14,7 +14,7 @@ from peft import PeftModel
 from evaluators.bootstrap import intervals as bootstrap_intervals
 from evaluators.metrics import evaluate, generate_exact_match
 from trainers.data import encode_all, load_splits
-from trainers.models import dequantize_once, load_base_model, load_tokenizer, quant_settings, resolve_base
+from trainers.models import base_dtype, dequantize_once, load_base_model, load_tokenizer, quant_settings, resolve_base
 from trainers.qdylora import attach_dynamic_rank, set_active_rank
 from trainers.qdylora.model import DYNAMIC_META
 
@@ -26,7 +26,8 @@ class EvalSession:
         self.cfg = cfg
         base_path = resolve_base(cfg.model.source)
         self.tokenizer = load_tokenizer(base_path, cfg.model.trust_remote_code)
-        self.model = load_base_model(base_path, quant_settings(cfg), trust_remote_code=cfg.model.trust_remote_code).eval()
+        self.model = load_base_model(base_path, quant_settings(cfg), base_dtype(cfg),
+                                     trust_remote_code=cfg.model.trust_remote_code).eval()
         if cfg.evaluation.dequantize_base:
             self.model = dequantize_once(self.model, cfg.quantization.compute_dtype)
         self.base_loads = 1  # and it stays 1: ranks switch in place, adapters attach to this base
@@ -45,7 +46,8 @@ class EvalSession:
         if isinstance(self.model, PeftModel):
             self.model.unload()
         if meta.get("full_weights"):
-            self.model, self.dynamic = load_base_model(Path(adapter_dir), None, trust_remote_code=False).eval(), False
+            trained = load_base_model(Path(adapter_dir), None, base_dtype(self.cfg), trust_remote_code=False)
+            self.model, self.dynamic = trained.eval(), False
             return
         self.model = PeftModel.from_pretrained(self.base, str(adapter_dir), is_trainable=False).eval()
         self.dynamic = bool(meta["dynamic"])

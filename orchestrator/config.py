@@ -81,6 +81,10 @@ class QuantizationConfig(_Section):
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Matmul dtype. auto: bf16 where the device has it, fp16 on GPUs without (V100)."
     )
+    base_dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="Weights of an unquantized base (load_in_4bit false: lora, dylora, adalora, galore). "
+        "bfloat16/float16 for a true 16-bit base (half the memory); auto: the compute dtype; float32 is exact on any CPU."
+    )
 
 
 class AdaLoraOptions(_Section):

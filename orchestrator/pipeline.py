@@ -315,7 +315,7 @@ class Pipeline:
         plot_ranks(ranks, baselines, selected["rank"], out / "rank_vs_metric.png", metric, zeroshot)
         write_rank_csv(ranks, baselines, out / "ranks.csv")
         trained = {"method": self.cfg.adapter.method, **self.done[("train", self.cfg.adapter.full_rank)].row}
-        table = summary_table(ranks, baselines, selected["rank"], metric) + "\n\n" + cost_table([trained, *baselines])
+        table = summary_table(ranks, baselines, selected["rank"], metric, self.cfg.adapter.method) + "\n\n" + cost_table([trained, *baselines])
         (out / "summary.txt").write_text(table + "\n")
         self.tracker.log_artifact(self.parent_id, out, "report")
         return PipelineResult(self.parent_id, selected["rank"], ranks, baselines, table)

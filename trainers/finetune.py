@@ -27,7 +27,7 @@ from trainers.data import BatchSchedule, collate, encode_all, load_splits
 from trainers.memory import PeakMemory, folder_bytes
 from trainers.methods import get_method
 from trainers.methods.base import trainable_params
-from trainers.models import default_device, load_base_model, load_tokenizer, quant_settings, resolve_base
+from trainers.models import base_dtype, default_device, load_base_model, load_tokenizer, quant_settings, resolve_base
 from trainers.qdylora import RankSampler, set_active_rank
 
 ADAPTER_DIR, METRICS_FILE, CHECKPOINT_DIR, SUMMARY_FILE = "adapter", "metrics.jsonl", "checkpoints", "train_summary.json"
@@ -60,8 +60,8 @@ class FinetuneRecipe:
         self.base_path = resolve_base(cfg.model.source)
         self.tokenizer = load_tokenizer(self.base_path, cfg.model.trust_remote_code)
         torch.manual_seed(t.seed)  # adapter init and dropout draw from here
-        base = load_base_model(self.base_path, quant_settings(cfg), trust_remote_code=cfg.model.trust_remote_code,
-                               device=self.device)
+        base = load_base_model(self.base_path, quant_settings(cfg), base_dtype(cfg),
+                               trust_remote_code=cfg.model.trust_remote_code, device=self.device)
         self.model = self.method.attach(base, cfg)
         self.sampler = RankSampler(a.r_min, a.r_max, seed=t.seed + 1) if a.dynamic else None
         splits = load_splits(cfg.data)

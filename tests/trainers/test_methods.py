@@ -26,6 +26,8 @@ METHODS = {
     "bitlora-1.58": ("adapter.method=bitlora", "adapter.rank=4", "adapter.bitlora.bits='1.58'"),
     "galore": ("adapter.method=galore", "training.lr=1e-3", "adapter.galore.update_proj_gap=5", *SIXTEEN_BIT),
     "galore8bit": ("adapter.method=galore8bit", "training.lr=1e-3", "adapter.galore.update_proj_gap=5", *SIXTEEN_BIT),
+    "lora-bf16": ("adapter.method=lora", "adapter.rank=4", *SIXTEEN_BIT, "quantization.base_dtype=bfloat16"),
+    "galore-bf16": ("adapter.method=galore", "training.lr=1e-3", *SIXTEEN_BIT, "quantization.base_dtype=bfloat16"),
 }
 
 
@@ -56,7 +58,10 @@ def test_method_trains_records_costs_and_its_export_scores_as_trained(tmp_path, 
     scored = session.score("validation", rank=cfg.adapter.full_rank)["eval_loss"]
     trained = evaluate(recipe.model.eval(), session.examples["validation"], session.tokenizer, 8)["eval_loss"]
     # the same numbers as the model in memory (4-bit: the evaluators dequantize the base once, bf16 rounding)
-    assert scored == pytest.approx(trained, rel=1e-2 if cfg.quantization.load_in_4bit else 1e-5)
+    exact = not cfg.quantization.load_in_4bit and cfg.quantization.base_dtype == "float32"
+    assert scored == pytest.approx(trained, rel=1e-5 if exact else 1e-2)
+    if cfg.quantization.base_dtype == "bfloat16":  # a true 16-bit base: the frozen (or trained) weights are bf16
+        assert next(session.model.parameters()).dtype == torch.bfloat16
     assert scored != pytest.approx(zero_shot, abs=1e-6)
     assert session.score("validation", rank=None)["eval_loss"] == pytest.approx(zero_shot, rel=1e-6)
 
