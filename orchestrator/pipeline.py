@@ -153,7 +153,20 @@ class Pipeline:
         ray.kill(actor, no_restart=True)
         self.actors.remove(actor)
 
-    def finish_training(self, job) -> tuple[str, object]:
+    def _await(self, ref, baseline_jobs: dict) -> None:
+        """Wait for `ref`, recording and releasing every baseline that finishes meanwhile: a finished trainer
+        holds its CPUs until released, and an evaluator waiting for them would otherwise wait forever."""
+        while True:
+            pending = {r: key for key, (_, r) in baseline_jobs.items()}
+            [ready], _ = ray.wait([ref, *pending], num_returns=1)
+            if ready == ref:
+                return
+            key = pending[ready]
+            actor, _ = baseline_jobs.pop(key)
+            self.record_baseline(key[1], self._get(ready, "baseline", self.job_specs[key[1]][1]))
+            self._release(actor)
+
+    def finish_training(self, job, baseline_jobs: dict) -> tuple[str, object]:
         """Wait for the QDyLoRA training, record it, and put its adapter in the object store.
         The adapter is logged before the run is marked FINISHED, so a finished run always has one."""
         rank = self.cfg.adapter.full_rank
@@ -161,6 +174,7 @@ class Pipeline:
             files = read_adapter_files(self.tracker.download(self.parent_id, "adapter", self.workdir / "downloaded"))
         else:
             actor, ref = job
+            self._await(ref, baseline_jobs)
             reply = self._get(ref, "train", rank)
             self._release(actor)
             files = reply.pop("adapter_files")
@@ -269,13 +283,14 @@ class Pipeline:
         zeroshot_ref = None
         if ("zeroshot", None) not in self.done:
             zeroshot_ref = pool[0].evaluate_base.remote("validation")
-        adapter_key, files_ref = self.finish_training(jobs.get(("train", cfg.adapter.full_rank)))
+        baseline_jobs = {key: job for key, job in jobs.items() if key[0] == "baseline"}
+        adapter_key, files_ref = self.finish_training(jobs.get(("train", cfg.adapter.full_rank)), baseline_jobs)
         if zeroshot_ref is not None:
+            self._await(zeroshot_ref, baseline_jobs)
             reply = self._get(zeroshot_ref, "zeroshot", None)
             self._record("zeroshot", None, "zeroshot", reply, _scalars(reply))
         zeroshot = self.done[("zeroshot", None)].row
 
-        baseline_jobs = {key: job for key, job in jobs.items() if key[0] == "baseline"}
         ranks = self.sweep(pool, adapter_key, files_ref, baseline_jobs)
         baselines = [self.done[("baseline", name)].row for name, *_ in cfg.baseline_jobs()]
 
@@ -305,6 +320,7 @@ class Pipeline:
         if best_baseline is not None:
             parent[f"best_baseline_{metric}"] = best_baseline[metric]
             parent["best_baseline_rank"] = best_baseline["rank"]
+            self.tracker.set_tags(self.parent_id, {"dyrank.best_baseline": best_baseline.get("job", "")})
             parent[f"{metric}_minus_best_baseline"] = selected[metric] - best_baseline[metric]
             for b in baselines:
                 job = b["job"].replace("-", "_").replace(".", "_")

@@ -51,6 +51,9 @@ def test_every_method_is_a_recorded_baseline_with_the_same_params_and_costs(meth
     adapters = [r.data.metrics["adapter_bytes"] for n, r in baselines.items() if not n.startswith("galore")]
     assert baselines["galore-r128"].data.metrics["adapter_bytes"] > 4 * max(adapters)
     assert baselines["galore-r128"].data.metrics["trainable_params"] == baselines["galore8bit-r128"].data.metrics["trainable_params"]
+    parent = next(r for r in runs if r.info.run_id == result.parent_run_id)
+    best = min(baselines.values(), key=lambda r: r.data.metrics["eval_loss"])
+    assert parent.data.tags["dyrank.best_baseline"] == best.info.run_name
     [train] = children(runs, result.parent_run_id, "train")
     assert COSTS <= train.data.metrics.keys() and train.data.params["method"] == "qdylora"
 
