@@ -6,30 +6,45 @@ import csv
 from pathlib import Path
 
 COLUMNS = ("eval_loss", "eval_perplexity", "eval_exact_match")
+COST_COLUMNS = ("trainable_params", "adapter_bytes", "peak_memory_bytes", "step_seconds", "device_seconds")
 
 
-def summary_table(ranks: list[dict], baselines: list[dict], selected_rank: int, metric: str = "eval_loss") -> str:
-    """Rank, eval loss and task metric per QDyLoRA rank, the selected one marked, QLoRA baselines below."""
-    head = f"{'':2}{'method':<9}{'rank':>5}  {'eval_loss':>10}  {'perplexity':>11}  {'exact_match':>11}"
+def summary_table(ranks: list[dict], baselines: list[dict], selected_rank: int, metric: str = "eval_loss",
+                  method: str = "qdylora") -> str:
+    """Rank, eval loss and task metric per QDyLoRA rank, the selected one marked, baselines (any method) below."""
+    head = f"{'':2}{'method':<11}{'rank':>5}  {'eval_loss':>10}  {'perplexity':>11}  {'exact_match':>11}"
     lines = [head, "-" * len(head)]
 
     def line(mark: str, method: str, row: dict) -> str:
-        return (f"{mark:2}{method:<9}{row['rank']:>5}  {row['eval_loss']:>10.4f}  {row['eval_perplexity']:>11.3f}  "
+        return (f"{mark:2}{method:<11}{row['rank']:>5}  {row['eval_loss']:>10.4f}  {row['eval_perplexity']:>11.3f}  "
                 f"{row.get('eval_exact_match', float('nan')):>11.3f}")
 
     for row in sorted(ranks, key=lambda r: r["rank"]):
-        lines.append(line("*" if row["rank"] == selected_rank else "", "qdylora", row))
+        lines.append(line("*" if row["rank"] == selected_rank else "", method, row))
     if baselines:
         lines.append("-" * len(head))
-        for row in sorted(baselines, key=lambda r: r["rank"]):
-            lines.append(line("", "qlora", row))
+        for row in sorted(baselines, key=lambda r: (r.get("method", "qlora"), r["rank"])):
+            lines.append(line("", row.get("method", "qlora"), row))
     lines.append(f"* selected rank {selected_rank} (on validation {metric})")
     return "\n".join(lines)
 
 
+def cost_table(jobs: list[dict]) -> str:
+    """What each training job cost, one row per job (`method`, `rank` and the COST_COLUMNS metrics)."""
+    head = (f"{'method':<11}{'rank':>5}  {'trainable':>10}  {'saved KiB':>10}  {'peak MiB':>9}  {'s/step':>7}  "
+            f"{'train s':>8}")
+    lines = [head, "-" * len(head)]
+    for job in jobs:
+        lines.append(f"{job['method']:<11}{job['rank']:>5}  {int(job.get('trainable_params', 0)):>10}  "
+                     f"{job.get('adapter_bytes', float('nan')) / 1024:>10.1f}  "
+                     f"{job.get('peak_memory_bytes', float('nan')) / 2**20:>9.1f}  "
+                     f"{job.get('step_seconds', float('nan')):>7.3f}  {job.get('device_seconds', float('nan')):>8.1f}")
+    return "\n".join(lines)
+
+
 def write_rank_csv(ranks: list[dict], baselines: list[dict], path: Path) -> Path:
-    rows = [{"method": "qdylora", **r} for r in ranks] + [{"method": "qlora", **b} for b in baselines]
-    keys = ["method", "rank", *COLUMNS]
+    rows = [{"method": "qdylora", **r} for r in ranks] + [{"method": "qlora", **b} for b in baselines]  # b's own wins
+    keys = ["method", "rank", *COLUMNS, *COST_COLUMNS]
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
@@ -48,7 +63,7 @@ def plot_ranks(ranks: list[dict], baselines: list[dict], selected_rank: int, pat
     ax = fig.subplots()
     ax.plot([r["rank"] for r in rows], [r[metric] for r in rows], marker="o", ms=3, label="QDyLoRA (one adapter)")
     for i, base in enumerate(sorted(baselines, key=lambda r: r["rank"])):
-        ax.axhline(base[metric], ls="--", color=f"C{i + 1}", label=f"QLoRA r={base['rank']}")
+        ax.axhline(base[metric], ls="--", color=f"C{(i + 1) % 10}", label=f"{base.get('method', 'qlora')} r={base['rank']}")
     values = [r[metric] for r in rows] + [b[metric] for b in baselines]
     low, high = min(values), max(values)
     if zeroshot and metric in zeroshot:

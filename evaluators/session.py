@@ -6,6 +6,7 @@ Metric names say the split: `eval_*` on validation (what ranks are selected on),
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from peft import PeftModel
@@ -13,8 +14,9 @@ from peft import PeftModel
 from evaluators.bootstrap import intervals as bootstrap_intervals
 from evaluators.metrics import evaluate, generate_exact_match
 from trainers.data import encode_all, load_splits
-from trainers.models import dequantize_once, load_base_model, load_tokenizer, quant_settings, resolve_base
+from trainers.models import base_dtype, dequantize_once, load_base_model, load_tokenizer, quant_settings, resolve_base
 from trainers.qdylora import attach_dynamic_rank, set_active_rank
+from trainers.qdylora.model import DYNAMIC_META
 
 SPLIT_PREFIX = {"validation": "eval_", "test": "test_"}
 
@@ -24,20 +26,33 @@ class EvalSession:
         self.cfg = cfg
         base_path = resolve_base(cfg.model.source)
         self.tokenizer = load_tokenizer(base_path, cfg.model.trust_remote_code)
-        self.model = load_base_model(base_path, quant_settings(cfg), trust_remote_code=cfg.model.trust_remote_code).eval()
+        self.model = load_base_model(base_path, quant_settings(cfg), base_dtype(cfg),
+                                     trust_remote_code=cfg.model.trust_remote_code).eval()
         if cfg.evaluation.dequantize_base:
             self.model = dequantize_once(self.model, cfg.quantization.compute_dtype)
         self.base_loads = 1  # and it stays 1: ranks switch in place, adapters attach to this base
+        self.base, self.dynamic = self.model, False
         limit = cfg.evaluation.max_samples
         splits = load_splits(cfg.data)
         self.records = {name: splits[name][:limit] for name in SPLIT_PREFIX}
         self.examples = {name: encode_all(recs, self.tokenizer, cfg.data.max_seq_len) for name, recs in self.records.items()}
 
     def attach_adapter_dir(self, adapter_dir: str | Path) -> None:
-        """Put a (dynamic or fixed-rank) adapter on the loaded base, replacing any earlier one."""
-        base = self.model.unload() if isinstance(self.model, PeftModel) else self.model
-        self.model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).eval()
-        attach_dynamic_rank(self.model)
+        """Put what a training saved on the loaded base, replacing any earlier one: a PEFT adapter (made
+        rank-switchable if it is dynamic), or a full-parameter method's own weights, which replace the base
+        for scoring (rank None still scores the untouched base)."""
+        meta_path = Path(adapter_dir) / DYNAMIC_META
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"dynamic": True}
+        if isinstance(self.model, PeftModel):
+            self.model.unload()
+        if meta.get("full_weights"):
+            trained = load_base_model(Path(adapter_dir), None, base_dtype(self.cfg), trust_remote_code=False)
+            self.model, self.dynamic = trained.eval(), False
+            return
+        self.model = PeftModel.from_pretrained(self.base, str(adapter_dir), is_trainable=False).eval()
+        self.dynamic = bool(meta["dynamic"])
+        if self.dynamic:
+            attach_dynamic_rank(self.model)
 
     def score(self, split: str, rank: int | None, generate: bool = False, intervals: bool = False) -> dict:
         """Metrics on `split` at `rank`; rank None scores the base alone (zero-shot). With `intervals`,
@@ -46,17 +61,19 @@ class EvalSession:
             raise ValueError(f"the {split} split is empty")
         if rank is None and isinstance(self.model, PeftModel):
             with self.model.disable_adapter():
-                return self._score(split, generate, intervals)
-        if rank is not None:
+                return self._score(self.model, split, generate, intervals)
+        if rank is None:
+            return self._score(self.base, split, generate, intervals)
+        if self.dynamic:
             set_active_rank(self.model, rank)
-        return self._score(split, generate, intervals)
+        return self._score(self.model, split, generate, intervals)
 
-    def _score(self, split: str, generate: bool, intervals: bool) -> dict:
+    def _score(self, model, split: str, generate: bool, intervals: bool) -> dict:
         batch = self.cfg.evaluation.batch_size
         per_example = {} if intervals else None
-        row = evaluate(self.model, self.examples[split], self.tokenizer, batch, per_example=per_example)
+        row = evaluate(model, self.examples[split], self.tokenizer, batch, per_example=per_example)
         if generate:
-            row.update(generate_exact_match(self.model, self.records[split], self.tokenizer, batch_size=batch,
+            row.update(generate_exact_match(model, self.records[split], self.tokenizer, batch_size=batch,
                                             per_example=per_example))
         prefix = SPLIT_PREFIX[split]
         row = {prefix + k.removeprefix("eval_"): v for k, v in row.items()}

@@ -7,6 +7,7 @@ file bytes through Ray's object store, so evaluators on other nodes need no shar
 from __future__ import annotations
 
 import gc
+import json
 import os
 import tempfile
 import time
@@ -80,18 +81,22 @@ class Trainer(_Worker):
 
     def train(self, out_dir: str, evaluate_on: tuple[str, ...] = (), step_sink=None) -> dict:
         """step_sink(row) -> bool, if given, sees every step's metrics; True stops the training (a pruned trial)."""
-        from trainers.finetune import train
+        from trainers.finetune import ARTIFACTS_FILE, train
 
         started = time.time()
         result = train(self.cfg, out_dir, on_step=_step_hook(step_sink), progress=False)
         metrics = [line for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines() if line]
+        artifacts = Path(out_dir) / ARTIFACTS_FILE
         reply = {
             "start": started, "end": time.time(), "device_seconds": result.device_seconds, "steps": result.steps,
-            "final_loss": result.final_loss, "resumed_from": result.resumed_from, "metrics": metrics, "adapter_files": read_adapter_files(result.adapter_dir),
+            "final_loss": result.final_loss, "resumed_from": result.resumed_from, "metrics": metrics,
+            "costs": result.costs or {}, "artifacts": json.loads(artifacts.read_text()) if artifacts.exists() else {},
             **_placement(),
         }
         if evaluate_on:  # baselines score themselves with the evaluators' code, on their own run
             reply["scores"] = self._score(result.adapter_dir, evaluate_on)
+        else:  # the main job's adapter goes to the evaluators; a baseline's (full weights, for GaLore) stays here
+            reply["adapter_files"] = read_adapter_files(result.adapter_dir)
         _free_accelerator_memory(collect=True)
         return reply
 

@@ -22,7 +22,9 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> 
 def cmd_check(args) -> int:
     cfg = load_config(args.config, args.overrides)
     print(cfg.to_yaml(), end="")
-    print(f"# {args.config}: OK ({cfg.adapter.method}, ranks {cfg.eval_ranks()[0]}..{cfg.eval_ranks()[-1]})", file=sys.stderr)
+    jobs = [f"{name} ({method})" for name, method, _, _ in cfg.baseline_jobs()]
+    print(f"# {args.config}: OK ({cfg.adapter.method}, ranks {cfg.eval_ranks()[0]}..{cfg.eval_ranks()[-1]})"
+          + (f"; baseline jobs: {', '.join(jobs)}" if jobs else ""), file=sys.stderr)
     return 0
 
 

@@ -7,8 +7,8 @@ it and exits non-zero. `dyrank check` prints `describe()`/the resolved config fr
 
 from __future__ import annotations
 
+import json
 import re
-
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trainers.data import BUILTIN_DATASETS
 from trainers.datasets import BUILT_DATASETS
+from trainers.methods import METHODS, MethodName
 from trainers.models import PRESETS
 from trainers.registry import REGISTERED_MODELS
 
@@ -81,15 +82,46 @@ class QuantizationConfig(_Section):
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Matmul dtype. auto: bf16 where the device has it, fp16 on GPUs without (V100)."
     )
+    base_dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="Weights of an unquantized base (load_in_4bit false: lora, dylora, adalora, galore). "
+        "bfloat16/float16 for a true 16-bit base (half the memory); auto: the compute dtype; float32 is exact on any CPU."
+    )
+
+
+class AdaLoraOptions(_Section):
+    """PEFT's AdaLoRA budget schedule, in optimizer steps (PEFT requires tinit + tfinal < training.max_steps)."""
+
+    init_r: PositiveInt = Field(12, description="Rank every layer starts at; the budget is pruned down to adapter.rank on average.")
+    tinit: int = Field(0, ge=0, description="Steps of warm-up before any pruning.")
+    tfinal: int = Field(0, ge=0, description="Final steps with the allocation frozen (fine-tuning only).")
+    delta_t: PositiveInt = Field(1, description="Steps between two budget allocations.")
+    beta1: float = Field(0.85, gt=0, lt=1, description="EMA factor of the importance sensitivity.")
+    beta2: float = Field(0.85, gt=0, lt=1, description="EMA factor of the importance uncertainty.")
+    orth_reg_weight: float = Field(0.5, ge=0, description="Weight of the orthogonality regulariser on P and Q.")
+
+
+class BitLoraOptions(_Section):
+    bits: Literal["1", "1.58"] = Field(
+        "1.58", description="1: binary factors sign(W - mean W) * mean|W|; 1.58: ternary RoundClip(W / mean|W|, -1, 1) * mean|W|."
+    )
+
+
+class GaloreOptions(_Section):
+    """GaLore's projection (defaults from the GaLore paper); full-parameter training, no adapter."""
+
+    rank: PositiveInt = Field(128, description="Projection rank; clamped to half the smallest projected dimension so "
+                              "that small models are really projected.")
+    update_proj_gap: PositiveInt = Field(200, description="Steps between two SVD refreshes of the projection.")
+    scale: PositiveFloat = Field(0.25, description="Scale of the projected-back update (GaLore's alpha).")
 
 
 class AdapterConfig(_Section):
-    method: Literal["qdylora", "qlora"] = Field(
-        "qdylora", description="qdylora: one adapter trained for every rank r_min..r_max; qlora: a fixed-rank LoRA."
+    method: MethodName = Field(
+        "qdylora", description="; ".join(f"{name}: {spec.summary}" for name, spec in METHODS.items()) + "."
     )
-    r_max: PositiveInt = Field(64, description="qdylora: the adapter's full rank; every rank up to it is usable.")
-    r_min: PositiveInt = Field(1, description="qdylora: the smallest rank sampled during training.")
-    rank: PositiveInt = Field(8, description="qlora: the fixed rank.")
+    r_max: PositiveInt = Field(64, description="qdylora/dylora: the adapter's full rank; every rank up to it is usable.")
+    r_min: PositiveInt = Field(1, description="qdylora/dylora: the smallest rank sampled during training.")
+    rank: PositiveInt = Field(8, description="qlora/lora/bitlora: the fixed rank; adalora: the average rank the budget is pruned to.")
     alpha: PositiveFloat = Field(16.0, description="LoRA alpha; the update is scaled by alpha / rank (alpha / b when truncated to b).")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the adapter input (QLoRA: 0.1 up to 13B, 0.05 above).")
     target_modules: list[str] | Literal["all-linear"] = Field(
@@ -99,20 +131,28 @@ class AdapterConfig(_Section):
         "cumulative",
         description="qdylora gradients: cumulative = all ranks <= b learn each step; frozen = only rank b (DyLoRA paper).",
     )
+    adalora: AdaLoraOptions = Field(default_factory=AdaLoraOptions, description="adalora only: the budget schedule.")
+    bitlora: BitLoraOptions = Field(default_factory=BitLoraOptions, description="bitlora only: the factor quantization.")
+    galore: GaloreOptions = Field(default_factory=GaloreOptions, description="galore/galore8bit only: the projection.")
 
     @model_validator(mode="after")
     def _rank_range(self) -> "AdapterConfig":
         if self.r_min > self.r_max:
             raise ValueError(f"r_min ({self.r_min}) must not exceed r_max ({self.r_max})")
+        if self.method == "adalora" and self.adalora.init_r < self.rank:
+            raise ValueError(f"adalora.init_r ({self.adalora.init_r}) must be at least rank ({self.rank}): "
+                             "AdaLoRA prunes the budget down, never up")
         return self
 
     @property
     def dynamic(self) -> bool:
-        return self.method == "qdylora"
+        return METHODS[self.method].sweeps
 
     @property
     def full_rank(self) -> int:
-        return self.r_max if self.dynamic else self.rank
+        if self.dynamic:
+            return self.r_max
+        return self.galore.rank if self.method.startswith("galore") else self.rank
 
 
 class DataConfig(_Section):
@@ -186,6 +226,12 @@ class SelectionConfig(_Section):
 
 class BaselinesConfig(_Section):
     ranks: list[PositiveInt] = Field(default_factory=lambda: [8, 64], description="QLoRA baselines trained beside the QDyLoRA run.")
+    methods: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="More baseline jobs, any method: each entry overrides keys of the adapter section, e.g. "
+        "{method: adalora, rank: 4, adalora: {init_r: 8}}; an optional `name` tells two entries apart. Each trains "
+        "on its own trainer and is scored once, at its rank, on the base its method needs (16-bit or 4-bit).",
+    )
 
     @field_validator("ranks")
     @classmethod
@@ -257,6 +303,63 @@ class Config(_Section):
             if too_big:
                 raise ValueError(f"evaluation.ranks {too_big} exceed the adapter's rank {self.adapter.full_rank}")
         return self
+
+    @model_validator(mode="after")
+    def _method_supports_options(self) -> "Config":
+        """Combinations a method cannot run: the message names the method and the option."""
+        a, spec = self.adapter, METHODS[self.adapter.method]
+        if spec.base == "16bit" and self.quantization.load_in_4bit:
+            raise ValueError(f"adapter.method {a.method} trains on a 16-bit base and does not support "
+                             "quantization.load_in_4bit: true (set it to false)")
+        if not spec.sweeps and isinstance(self.evaluation.ranks, list) and self.evaluation.ranks != [a.full_rank]:
+            raise ValueError(f"adapter.method {a.method} has one rank ({a.full_rank}) and does not support a rank "
+                             f"sweep (evaluation.ranks {self.evaluation.ranks}); sweeping needs qdylora or dylora")
+        if a.method == "adalora" and a.adalora.tinit + a.adalora.tfinal >= self.training.max_steps:
+            raise ValueError(f"adapter.method adalora needs adalora.tinit + adalora.tfinal ({a.adalora.tinit} + "
+                             f"{a.adalora.tfinal}) below training.max_steps ({self.training.max_steps}), as PEFT requires")
+        if a.method == "adalora" and a.update_mode != "cumulative":
+            raise ValueError("adapter.method adalora does not support adapter.update_mode: frozen (a DyLoRA option)")
+        return self
+
+    @model_validator(mode="after")
+    def _baseline_methods_valid(self) -> "Config":
+        names = [job[0] for job in self.baseline_jobs()]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"baselines: jobs repeat {repeated}; give baselines.methods entries a `name`")
+        return self
+
+    def baseline_jobs(self) -> list[tuple[str, str, int, dict]]:
+        """(name, method, rank, job config) of every baseline: the QLoRA ranks, then baselines.methods.
+        A job config is this config with the entry's adapter keys, the base its method needs, its one rank
+        scored and no baselines of its own; it is validated like any config."""
+        me = self.model_dump(mode="json")
+        me["baselines"] = {"ranks": [], "methods": []}
+        entries = [{"method": "qlora", "rank": r} for r in self.baselines.ranks] + list(self.baselines.methods)
+        jobs = []
+        for index, entry in enumerate(entries):
+            entry = dict(entry)
+            name = entry.pop("name", None)
+            where = (f"baselines.methods[{index - len(self.baselines.ranks)}]" if index >= len(self.baselines.ranks)
+                     else f"baselines.ranks[{index}]")
+            if "method" not in entry and index >= len(self.baselines.ranks):
+                raise ValueError(f"{where}: needs a method ({', '.join(METHODS)})")
+            job = json.loads(json.dumps(me))
+            job["adapter"].update(entry)
+            base = METHODS.get(job["adapter"]["method"], METHODS["qlora"]).base
+            if base != "config":
+                job["quantization"]["load_in_4bit"] = base == "4bit"
+            job["evaluation"]["ranks"] = "all"
+            try:
+                adapter = AdapterConfig.model_validate(job["adapter"])
+                job["evaluation"]["ranks"] = [adapter.full_rank]
+                Config.model_validate(job)
+            except ValidationError as exc:
+                raise ValueError(f"{where} ({entry.get('method')}): " + "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}".lstrip(": ")
+                    for e in exc.errors())) from None
+            jobs.append((name or f"{adapter.method}-r{adapter.full_rank}", adapter.method, adapter.full_rank, job))
+        return jobs
 
     def eval_ranks(self) -> list[int]:
         if self.evaluation.ranks == "all":

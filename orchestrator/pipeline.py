@@ -1,7 +1,8 @@
-"""The pipeline: one QDyLoRA training, QLoRA baselines beside it, every rank evaluated, one selected.
+"""The pipeline: one QDyLoRA training, baselines of any method beside it, every rank evaluated, one selected.
 
 Stages, in the order `Pipeline.run` calls them:
-  1. trainers   one Ray actor per training job (QDyLoRA + each baseline), launched together
+  1. trainers   one Ray actor per training job (QDyLoRA + each baseline job: QLoRA ranks and
+                baselines.methods), launched together; a baseline scores itself once, at its rank
   2. evaluators a pool that loads the base while training runs and scores the base model (zero-shot)
   3. sweep      the QDyLoRA adapter fans out: every rank scored on validation, results streamed back
   4. select     the policy picks a rank on validation; the selected rank and baselines are scored on test
@@ -25,7 +26,7 @@ import ray
 import yaml
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
-from dashboards.summary import plot_ranks, summary_table, write_rank_csv
+from dashboards.summary import cost_table, plot_ranks, summary_table, write_rank_csv
 from evaluators.selection import select_rank
 from orchestrator import ray_runtime
 from orchestrator.actors import RankEvaluator, Trainer, actor_options, read_adapter_files
@@ -62,6 +63,12 @@ def _metric_rows(lines: list[str]) -> list[dict]:
 
 
 NOT_METRICS = {"rank", "start", "end", "pid"}  # placement and timestamps go to tags and run times
+COSTS = ("trainable_params", "adapter_bytes", "peak_memory_bytes", "device_seconds", "step_seconds")
+
+
+def _costs(reply: dict) -> dict:
+    """The cost metrics every training run carries, whatever its method (trainers.finetune.COST_KEYS)."""
+    return {k: reply["costs"][k] for k in COSTS if k in reply.get("costs", {})} or {"device_seconds": reply["device_seconds"]}
 
 
 def _scalars(row: dict) -> dict:
@@ -81,25 +88,32 @@ class Pipeline:
 
     # ---- bookkeeping -----------------------------------------------------------------------------
     def _load_existing(self) -> None:
-        """Child runs an earlier driver recorded, by (kind, rank). FINISHED ones are done work; a RUNNING
-        one (the driver died while writing it) is reused rather than duplicated; a FAILED one is kept
-        as the record of that failure."""
+        """Child runs an earlier driver recorded, by (kind, rank), baselines by (kind, job name). FINISHED
+        ones are done work; a RUNNING one (the driver died while writing it) is reused rather than
+        duplicated; a FAILED one is kept as the record of that failure."""
         self.existing, self.done = {}, {}
         for run in self.tracker.children(self.parent_id):
             rank = run.data.params.get("rank", run.data.tags.get("dyrank.rank"))  # the tag: a run whose params never landed
-            key = (run.data.tags.get("dyrank.kind"), int(rank) if rank is not None else None)
+            kind = run.data.tags.get("dyrank.kind")
+            key = (kind, run.info.run_name if kind == "baseline" else int(rank) if rank is not None else None)
             self.existing[key] = run
             if run.info.status == "FINISHED":
-                self.done[key] = Recorded(run.info.run_id, {"rank": key[1], **run.data.metrics})
+                row = {"rank": int(rank) if rank is not None else None, **run.data.metrics}
+                if kind == "baseline":
+                    row.update(method=run.data.params.get("method"), job=run.info.run_name)
+                self.done[key] = Recorded(run.info.run_id, row)
 
-    def _record(self, kind: str, rank: int | None, name: str, reply: dict, metrics: dict, series: list[dict] = ()):
-        """Create (or reuse, if an interrupted driver left it unfinished) the child run for one result."""
-        existing = self.existing.get((kind, rank))
+    def _record(self, kind: str, rank: int | None, name: str, reply: dict, metrics: dict, series: list[dict] = (),
+                method: str | None = None):
+        """Create (or reuse, if an interrupted driver left it unfinished) the child run for one result;
+        baselines are keyed by their job name (two methods may share a rank)."""
+        key = (kind, name if kind == "baseline" else rank)
+        existing = self.existing.get(key)
         if existing is not None and existing.info.status != "RUNNING":
             existing = None
         tags = {"dyrank.actor_id": reply.get("actor_id"), "dyrank.node_id": reply.get("node_id"),
                 "dyrank.gpu_ids": ",".join(reply.get("gpu_ids", []))}
-        method = {"baseline": "qlora", "zeroshot": "base"}.get(kind, self.cfg.adapter.method)
+        method = method or {"zeroshot": "base"}.get(kind, self.cfg.adapter.method)
         params = {"method": method}
         if rank is not None:
             # Also a tag, written with the run itself: a driver killed before the params were written
@@ -114,39 +128,42 @@ class Pipeline:
             self.tracker.log_series(run_id, series, TRAIN_SERIES.values())
         self.tracker.log(run_id, params, metrics)  # on a reused run: the same values again, which MLflow accepts
         self.tracker.finish(run_id, reply.get("end"))
-        self.done[(kind, rank)] = Recorded(run_id, {"rank": rank, **metrics})
+        row = {"rank": rank, **metrics}
+        if kind == "baseline":
+            row.update(method=method, job=name)
+        self.done[key] = Recorded(run_id, row)
         return run_id
 
     # ---- 1. trainers -----------------------------------------------------------------------------
-    def _job_config(self, baseline_rank: int | None) -> dict:
-        if baseline_rank is None:
-            return self.config_dict
-        cfg = json.loads(json.dumps(self.config_dict))
-        cfg["adapter"].update(method="qlora", rank=baseline_rank)
-        cfg["evaluation"]["ranks"] = [baseline_rank]
-        return cfg
-
     def launch_trainers(self) -> dict:
-        """Start every unfinished training job at once; Ray runs them in parallel as resources allow."""
+        """Start every unfinished training job at once; Ray runs them in parallel as resources allow.
+        Keys: ("train", rank) for the main job, ("baseline", job name) for the others."""
         jobs = {}
-        wanted = [("train", self.cfg.adapter.full_rank, None)] + [("baseline", r, r) for r in self.cfg.baselines.ranks]
-        for kind, rank, baseline_rank in wanted:
-            if (kind, rank) in self.done:
+        wanted = [("train", self.cfg.adapter.full_rank, "train", self.config_dict)]
+        self.job_specs = {name: (method, rank) for name, method, rank, _ in self.cfg.baseline_jobs()}
+        wanted += [("baseline", name, f"baseline-{name}", job) for name, _, _, job in self.cfg.baseline_jobs()]
+        for kind, key, job, job_config in wanted:
+            if (kind, key) in self.done:
                 continue
-            job = kind if kind == "train" else f"baseline-r{rank}"
             options = actor_options(self.cfg, "trainer")
             actor = Trainer.options(name=f"Trainer-{self.parent_id[:12]}-{job}", **options).remote(
-                self._job_config(baseline_rank), options["num_cpus"])
+                job_config, options["num_cpus"])
             self.actors.append(actor)
             out = self.workdir / job
             evaluate_on, sink = (("validation", "test"), None) if kind == "baseline" else ((), self.step_sink)
-            jobs[(kind, rank)] = (actor, actor.train.remote(str(out), evaluate_on, sink))
+            jobs[(kind, key)] = (actor, actor.train.remote(str(out), evaluate_on, sink))
         return jobs
 
     def _release(self, actor) -> None:
         """A finished trainer gives its CPUs/GPU back at once, so evaluators waiting for them can start."""
         ray.kill(actor, no_restart=True)
         self.actors.remove(actor)
+
+    def _finish_baseline(self, key: tuple, baseline_jobs: dict) -> None:
+        """Record a finished baseline job and give its trainer's resources back."""
+        actor, ref = baseline_jobs.pop(key)
+        self.record_baseline(key[1], self._get(ref, "baseline", self.job_specs[key[1]][1]))
+        self._release(actor)
 
     def finish_training(self, job, baseline_jobs: dict) -> tuple[str, object]:
         """Wait for the QDyLoRA training, record it, and put its adapter in the object store.
@@ -162,7 +179,7 @@ class Pipeline:
                 [first], _ = ray.wait([ref, *(r for _, r in baseline_jobs.values())], num_returns=1)
                 if first == ref:
                     break
-                self.finish_baseline(next(k for k, (_, r) in baseline_jobs.items() if r == first), baseline_jobs)
+                self._finish_baseline(next(k for k, (_, r) in baseline_jobs.items() if r == first), baseline_jobs)
             reply = self._get(ref, "train", rank)
             self._release(actor)
             files = reply.pop("adapter_files")
@@ -171,8 +188,7 @@ class Pipeline:
             for name, data in files.items():
                 (folder / name).write_bytes(data)
             self.tracker.log_artifact(self.parent_id, folder, "adapter")
-            metrics = {"device_seconds": reply["device_seconds"], "final_train_loss": reply["final_loss"],
-                       "resumed_from_step": reply["resumed_from"]}
+            metrics = {**_costs(reply), "final_train_loss": reply["final_loss"], "resumed_from_step": reply["resumed_from"]}
             self._record("train", rank, "qdylora-train", reply, metrics, _metric_rows(reply["metrics"]))
             self.on_event("trained", reply)
         return f"{self.parent_id}-adapter", ray.put(files)
@@ -209,14 +225,14 @@ class Pipeline:
         return pool
 
     # ---- 3. sweep --------------------------------------------------------------------------------
-    def finish_baseline(self, key: tuple, baseline_jobs: dict) -> None:
-        """Record a finished baseline and give its trainer's GPU back."""
-        actor, ref = baseline_jobs.pop(key)
-        reply = self._get(ref, "baseline", key[1])
-        reply.pop("adapter_files")
-        metrics = {**reply["scores"], "device_seconds": reply["device_seconds"]}
-        self._record("baseline", key[1], f"qlora-r{key[1]}", reply, metrics, _metric_rows(reply["metrics"]))
-        self._release(actor)
+    def record_baseline(self, name: str, reply: dict) -> None:
+        """One baseline job's run: params method and rank, its scores and costs, its method's records."""
+        reply.pop("adapter_files", None)
+        method, rank = self.job_specs[name]
+        metrics = {**reply["scores"], **_costs(reply), "final_train_loss": reply["final_loss"]}
+        run_id = self._record("baseline", rank, name, reply, metrics, _metric_rows(reply["metrics"]), method=method)
+        for artifact, data in reply.get("artifacts", {}).items():
+            self.tracker.client.log_dict(run_id, data, f"{artifact}.json")
 
     def sweep(self, pool: list, adapter_key: str, files_ref, baseline_jobs: dict, zeroshot_ref=None) -> list[dict]:
         """Spread the unrecorded ranks over the pool and record each result the moment it arrives;
@@ -227,7 +243,7 @@ class Pipeline:
         pending = deque(r for r in self.cfg.eval_ranks() if r not in results)
         # An evaluator gets work only once it is up: one still waiting for resources would sit on it.
         waiting = {a.stats.remote(): ("ready", a, None) for a in pool}
-        waiting.update({ref: ("baseline", actor, rank) for (_, rank), (actor, ref) in baseline_jobs.items()})
+        waiting.update({ref: ("baseline", actor, name) for (_, name), (actor, ref) in baseline_jobs.items()})
         if zeroshot_ref is not None:
             waiting[zeroshot_ref] = ("zeroshot", pool[0], None)
         idle, failures, alive = [], Counter(), len(pool)
@@ -239,8 +255,8 @@ class Pipeline:
                 raise PipelineError(f"every evaluator died; ranks left: {list(pending)}")
             [ref], _ = ray.wait(list(waiting), num_returns=1)
             what, actor, rank = waiting.pop(ref)
-            if what == "baseline":
-                self.finish_baseline(("baseline", rank), baseline_jobs)
+            if what == "baseline":  # `rank` holds the job's name here
+                self._finish_baseline(("baseline", rank), baseline_jobs)
                 continue
             if what == "zeroshot":
                 reply = self._get(ref, "zeroshot", None)
@@ -283,7 +299,7 @@ class Pipeline:
         adapter_key, files_ref = self.finish_training(jobs.get(("train", cfg.adapter.full_rank)), baseline_jobs)
         ranks = self.sweep(pool, adapter_key, files_ref, baseline_jobs, zeroshot_ref)
         zeroshot = self.done[("zeroshot", None)].row
-        baselines = [self.done[("baseline", rank)].row for rank in cfg.baselines.ranks]
+        baselines = [self.done[("baseline", name)].row for name, *_ in cfg.baseline_jobs()]
 
         s = cfg.selection
         selected = select_rank(ranks, s.metric, s.policy, s.tolerance, s.greater_is_better)
@@ -311,15 +327,18 @@ class Pipeline:
         if best_baseline is not None:
             parent[f"best_baseline_{metric}"] = best_baseline[metric]
             parent["best_baseline_rank"] = best_baseline["rank"]
+            self.tracker.set_tags(self.parent_id, {"dyrank.best_baseline": best_baseline.get("job", "")})
             parent[f"{metric}_minus_best_baseline"] = selected[metric] - best_baseline[metric]
             for b in baselines:
-                parent.update({f"qlora_r{b['rank']}_{k}": v for k, v in b.items() if k.startswith("test_")})
+                job = b["job"].replace("-", "_").replace(".", "_")
+                parent.update({f"{job}_{k}": v for k, v in b.items() if k.startswith("test_")})
         self.tracker.log_metrics(self.parent_id, parent)
         out = self.workdir / "report"
         out.mkdir(exist_ok=True)
         plot_ranks(ranks, baselines, selected["rank"], out / "rank_vs_metric.png", metric, zeroshot)
         write_rank_csv(ranks, baselines, out / "ranks.csv")
-        table = summary_table(ranks, baselines, selected["rank"], metric)
+        trained = {"method": self.cfg.adapter.method, **self.done[("train", self.cfg.adapter.full_rank)].row}
+        table = summary_table(ranks, baselines, selected["rank"], metric, self.cfg.adapter.method) + "\n\n" + cost_table([trained, *baselines])
         (out / "summary.txt").write_text(table + "\n")
         self.tracker.log_artifact(self.parent_id, out, "report")
         return PipelineResult(self.parent_id, selected["rank"], ranks, baselines, table)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.errors import PipelineError
-from trainers.memory_estimate import GIB, MemoryEstimate, estimate_evaluation, estimate_training, model_shape
-from trainers.models import resolve_base, resolve_compute_dtype
+from trainers.memory_estimate import (GIB, MemoryEstimate, estimate_evaluation, estimate_galore, estimate_training,
+                                      model_shape)
+from trainers.models import base_dtype, resolve_base, resolve_compute_dtype
 
 
 @dataclass(frozen=True)
@@ -25,37 +26,52 @@ class ActorPlan:
         return self.budget_gb is None or self.gpus == 0 or self.estimate.total <= self.budget_gb * GIB
 
 
+def _estimate_job(job, shape, role: str) -> MemoryEstimate:
+    """One training job (the main one or a baseline), on the base and with the optimizer its method uses."""
+    a, q, t = job.adapter, job.quantization, job.training
+    compute = resolve_compute_dtype(q.compute_dtype)
+    common = dict(batch=t.batch_size, seq=job.data.max_seq_len, role=role)
+    if a.method.startswith("galore"):
+        return estimate_galore(shape, rank=a.galore.rank, base_dtype=base_dtype(job) or compute,
+                               eight_bit=a.method == "galore8bit", **common)
+    rank = a.adalora.init_r if a.method == "adalora" else a.full_rank  # AdaLoRA starts at init_r and prunes
+    return estimate_training(shape, rank=rank, load_in_4bit=q.load_in_4bit, compute_dtype=compute,
+                             base_dtype=base_dtype(job), double_quant=q.double_quant, optimizer=t.optimizer,
+                             gradient_checkpointing=t.gradient_checkpointing, **common)
+
+
 def plan(cfg) -> list[ActorPlan]:
-    """One entry per kind of actor the pipeline starts: the main trainer, each baseline, an evaluator."""
+    """One entry per kind of actor the pipeline starts: the main trainer, each baseline job, an evaluator."""
     from transformers import AutoConfig
+
+    from orchestrator.config import Config
 
     a, q, r = cfg.adapter, cfg.quantization, cfg.resources
     model_config = AutoConfig.from_pretrained(resolve_base(cfg.model.source), trust_remote_code=cfg.model.trust_remote_code)
     shape = model_shape(model_config, a.target_modules)
-    compute = resolve_compute_dtype(q.compute_dtype)
-    train = dict(batch=cfg.training.batch_size, seq=cfg.data.max_seq_len, load_in_4bit=q.load_in_4bit,
-                 compute_dtype=compute, double_quant=q.double_quant, optimizer=cfg.training.optimizer,
-                 gradient_checkpointing=cfg.training.gradient_checkpointing)
-    gpu_gb = r.gpu_budget_gb()
-    trainers = [estimate_training(shape, rank=a.full_rank, role=f"trainer {a.method} r{a.full_rank}", **train)]
-    trainers += [estimate_training(shape, rank=rank, role=f"trainer qlora r{rank}", **train) for rank in cfg.baselines.ranks]
+    trainers = [_estimate_job(cfg, shape, f"trainer {a.method} r{a.full_rank}")]
+    trainers += [_estimate_job(Config.model_validate(job), shape, f"trainer {name}") for name, _, _, job in cfg.baseline_jobs()]
     evaluator = estimate_evaluation(shape, rank=a.full_rank, batch=cfg.evaluation.batch_size, seq=cfg.data.max_seq_len,
-                                    load_in_4bit=q.load_in_4bit, compute_dtype=compute,
+                                    load_in_4bit=q.load_in_4bit, compute_dtype=resolve_compute_dtype(q.compute_dtype),
                                     dequantize=cfg.evaluation.dequantize_base, double_quant=q.double_quant)
+    gpu_gb = r.gpu_budget_gb()
     share = lambda gpus: gpu_gb * gpus if gpu_gb is not None else None  # noqa: E731
     return ([ActorPlan(e, r.trainer_gpus, share(r.trainer_gpus)) for e in trainers]
             + [ActorPlan(evaluator, r.evaluator_gpus, share(r.evaluator_gpus))])
 
 
 def format_plan(plans: list[ActorPlan]) -> str:
-    head = f"{'actor':<26}{'weights':>9}{'adapter':>9}{'grads':>8}{'optim':>8}{'activ.':>8}{'peak':>8}  budget (GiB)"
+    # GiB for real models, MiB where every actor is under one GiB (tiny test models)
+    unit, name = (GIB, "GiB") if max(p.estimate.total for p in plans) >= GIB else (2**20, "MiB")
+    head = (f"{'actor (' + name + ')':<30}{'weights':>9}{'adapter':>9}{'grads':>8}{'optim':>8}{'activ.':>8}{'peak':>8}"
+            "  budget (GiB)")
     rows = [head]
     for p in plans:
         e = p.estimate
         cells = [e.weights, e.trainable, e.gradients, e.optimizer, e.activations, e.total]
         budget = "CPU" if p.gpus == 0 else ("-" if p.budget_gb is None else f"{p.budget_gb:.1f}")
         mark = "" if p.fits else "  DOES NOT FIT"
-        rows.append(f"{e.role:<26}" + "".join(f"{c / GIB:>{w}.2f}" for c, w in zip(cells, (9, 9, 8, 8, 8, 8)))
+        rows.append(f"{e.role:<30}" + "".join(f"{c / unit:>{w}.2f}" for c, w in zip(cells, (9, 9, 8, 8, 8, 8)))
                     + f"  {budget}{mark}")
     return "\n".join(rows)
 

@@ -33,6 +33,20 @@ def _deterministic_threads():
     torch.set_num_threads(2)
 
 
+class Interrupt(Exception):
+    """Raised from an on_step callback to cut a training run short, as a kill would."""
+
+
+def stop_at(step: int):
+    """An on_step callback that interrupts the run once `step` is done."""
+
+    def on_step(metrics: dict) -> None:
+        if metrics["step"] == step:
+            raise Interrupt
+
+    return on_step
+
+
 def tiny_config(*overrides: str):
     from orchestrator.config import load_config
 

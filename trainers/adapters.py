@@ -11,18 +11,25 @@ def is_quantized(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
+def prepare_base(model, gradient_checkpointing: bool = True):
+    """QLoRA's preparation of a k-bit base (PEFT's prepare_model_for_kbit_training); on a 16-bit base only
+    the checkpointing, with inputs that require grads so a frozen base still back-propagates to adapters."""
+    if is_quantized(model):
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                               gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return model
+
+
 def attach_lora(
     model, *, rank: int, alpha: float, dropout: float, target_modules, dynamic: bool,
     update_mode: str = "cumulative", gradient_checkpointing: bool = True,
 ):
-    """QLoRA recipe on a k-bit base (PEFT's prepare_model_for_kbit_training), then a rank-`rank` LoRA on
-    the targets; with `dynamic`, every LoRA layer becomes rank-truncatable and starts at full rank."""
-    if is_quantized(model):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+    """QLoRA recipe on a k-bit base, then a rank-`rank` LoRA on the targets; with `dynamic`, every LoRA
+    layer becomes rank-truncatable and starts at full rank."""
+    model = prepare_base(model, gradient_checkpointing)
     config = LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
         bias="none", task_type="CAUSAL_LM",

@@ -1,7 +1,10 @@
-"""The LoRA-family training recipe: QDyLoRA (dynamic rank) and its QLoRA baseline (fixed rank) share it.
+"""The one training recipe every method shares (trainers/methods: qdylora, dylora, qlora, lora, adalora,
+bitlora, galore, galore8bit); a method changes only what its verbs do (attach, optimizer, step hook, save).
 
-Read top to bottom: setup (base, adapter, data, optimizer), train (one sampled rank per optimizer step,
-shared by all its micro-batches), save (adapter, metrics), with checkpoints along the way. It takes the
+Read top to bottom: setup (base, method, data, optimizer), train (for the dynamic methods one sampled rank
+per optimizer step, shared by all its micro-batches), save (weights, metrics), with checkpoints along the
+way. Every run records the same costs: trainable parameters, bytes saved, peak memory, device seconds and
+seconds per step (trainers/memory.py says how memory is measured on each device). It takes the
 config object from the orchestrator but imports nothing from it, nor Ray or MLflow: progress reaches
 callers through `on_step`, so a Ray actor can forward it and a bare GPU box can just print it.
 """
@@ -20,14 +23,16 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from trainers import checkpoint as ckpt
-from trainers.adapters import attach_lora
 from trainers.data import BatchSchedule, collate, encode_all, load_splits
-from trainers.models import default_device, load_base_model, load_tokenizer, quant_settings, resolve_base
-from trainers.optim import build_optimizer
+from trainers.memory import PeakMemory, folder_bytes
+from trainers.methods import get_method
+from trainers.methods.base import trainable_params
+from trainers.models import base_dtype, default_device, load_base_model, load_tokenizer, quant_settings, resolve_base
 from trainers.qdylora import RankSampler, set_active_rank
-from trainers.qdylora.model import write_dynamic_meta
 
 ADAPTER_DIR, METRICS_FILE, CHECKPOINT_DIR, SUMMARY_FILE = "adapter", "metrics.jsonl", "checkpoints", "train_summary.json"
+ARTIFACTS_FILE = "method_artifacts.json"
+COST_KEYS = ("trainable_params", "adapter_bytes", "peak_memory_bytes", "device_seconds", "step_seconds")
 
 
 @dataclass
@@ -38,30 +43,31 @@ class TrainResult:
     final_loss: float
     device_seconds: float
     resumed_from: int = 0  # the checkpoint step this run continued from (0: started fresh)
+    costs: dict | None = None  # COST_KEYS plus peak_memory_kind: what the run cost, the same for every method
 
 
 class FinetuneRecipe:
     def __init__(self, cfg, out_dir: str | Path, on_step: Callable[[dict], None] | None = None, progress: bool = True):
         self.cfg, self.out_dir, self.on_step, self.progress = cfg, Path(out_dir), on_step, progress
         self.device = default_device()
+        self.method = get_method(cfg.adapter.method)
+        self.memory = PeakMemory(self.device)
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, a, t = self.cfg, self.cfg.adapter, self.cfg.training
+        self.memory.start()  # from before the base loads: a 4-bit and a 16-bit base differ right there
         self.base_path = resolve_base(cfg.model.source)
         self.tokenizer = load_tokenizer(self.base_path, cfg.model.trust_remote_code)
-        torch.manual_seed(t.seed)  # LoRA init and dropout draw from here
-        base = load_base_model(self.base_path, quant_settings(cfg), trust_remote_code=cfg.model.trust_remote_code,
-                               device=self.device)
-        self.model = attach_lora(
-            base, rank=a.full_rank, alpha=a.alpha, dropout=a.dropout, target_modules=a.target_modules,
-            dynamic=a.dynamic, update_mode=a.update_mode, gradient_checkpointing=t.gradient_checkpointing,
-        )
+        torch.manual_seed(t.seed)  # adapter init and dropout draw from here
+        base = load_base_model(self.base_path, quant_settings(cfg), base_dtype(cfg),
+                               trust_remote_code=cfg.model.trust_remote_code, device=self.device)
+        self.model = self.method.attach(base, cfg)
         self.sampler = RankSampler(a.r_min, a.r_max, seed=t.seed + 1) if a.dynamic else None
         splits = load_splits(cfg.data)
         self.train_examples = encode_all(splits["train"], self.tokenizer, cfg.data.max_seq_len, cfg.data.packing)
         self.schedule = BatchSchedule(len(self.train_examples), t.batch_size, t.seed)
-        self.optimizer = build_optimizer(t.optimizer, self.model.parameters(), t.lr, t.weight_decay)
+        self.optimizer = self.method.build_optimizer(self.model, cfg)
         self.scheduler = get_scheduler(
             "constant_with_warmup" if t.lr_scheduler == "constant" else t.lr_scheduler, self.optimizer,
             num_warmup_steps=math.ceil(t.warmup_ratio * t.max_steps), num_training_steps=t.max_steps,
@@ -82,6 +88,7 @@ class FinetuneRecipe:
     # ---- train -------------------------------------------------------------------------------------
     def train_step(self, step: int) -> dict:
         t = self.cfg.training
+        started = time.perf_counter()
         rank = self.sampler.sample() if self.sampler else self.cfg.adapter.full_rank
         if self.sampler:
             set_active_rank(self.model, rank)  # once per optimizer step, never inside forward
@@ -97,20 +104,25 @@ class FinetuneRecipe:
         )
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
+        self.method.after_optimizer_step(self.model, step + 1)  # AdaLoRA: after step(), before zero_grad()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"step": step + 1, "train_loss": total, "rank": rank, "lr": lr, "grad_norm": float(grad_norm)}
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # so the step time is the step's, not the launch's
+        return {"step": step + 1, "train_loss": total, "rank": rank, "lr": lr, "grad_norm": float(grad_norm),
+                "step_seconds": time.perf_counter() - started}
 
     def train(self) -> TrainResult:
         t = self.cfg.training
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
-        started, last = time.perf_counter(), {"train_loss": float("nan")}
+        started, last, step_times = time.perf_counter(), {"train_loss": float("nan")}, []
         bar = tqdm(range(self.start_step, t.max_steps), initial=self.start_step, total=t.max_steps,
                    desc=f"{self.cfg.adapter.method} train", disable=not self.progress, dynamic_ncols=True)
         with (self.out_dir / METRICS_FILE).open("a") as metrics:
             for step in bar:
                 last = self.train_step(step)
+                step_times.append(last["step_seconds"])
                 metrics.write(json.dumps(last) + "\n")
                 metrics.flush()
                 if self.on_step:
@@ -120,24 +132,26 @@ class FinetuneRecipe:
                 if last["step"] % t.checkpoint_every == 0 and last["step"] < t.max_steps:
                     ckpt.save_checkpoint(self.out_dir / CHECKPOINT_DIR, last["step"], self.model, self.optimizer,
                                          self.scheduler, self.sampler, t.keep_checkpoints)
-        adapter_dir = self.save()
         seconds = time.perf_counter() - started
+        peak = self.memory.peak_bytes()
+        adapter_dir = self.save()
+        timed = step_times[1:] or step_times  # the first step pays one-off costs (allocations, SVDs, compiles)
+        costs = {"trainable_params": trainable_params(self.model), "adapter_bytes": folder_bytes(adapter_dir),
+                 "peak_memory_bytes": peak, "peak_memory_kind": self.memory.kind, "device_seconds": seconds,
+                 "step_seconds": sum(timed) / len(timed) if timed else float("nan")}
         summary = {"steps": t.max_steps, "resumed_from": self.start_step, "final_loss": last["train_loss"],
-                   "device": str(self.device), "device_seconds": seconds}
+                   "device": str(self.device), "method": self.method.name, "saved_dir": adapter_dir.name, **costs}
         (self.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-        return TrainResult(self.out_dir, adapter_dir, t.max_steps, last["train_loss"], seconds, self.start_step)
+        return TrainResult(self.out_dir, adapter_dir, t.max_steps, last["train_loss"], seconds, self.start_step, costs)
 
     # ---- save --------------------------------------------------------------------------------------
     def save(self) -> Path:
-        """The full adapter (rank r_max for qdylora) in PEFT's format, plus the dynamic-rank range."""
-        a = self.cfg.adapter
-        adapter_dir = self.out_dir / ADAPTER_DIR
-        if a.dynamic:
-            set_active_rank(self.model, a.r_max)
-        self.model.save_pretrained(adapter_dir, safe_serialization=True)
-        r_min, r_max = (a.r_min, a.r_max) if a.dynamic else (a.rank, a.rank)
-        write_dynamic_meta(adapter_dir, r_min, r_max, a.alpha, a.method)
-        return adapter_dir
+        """What the method saves (an adapter; the full weights for GaLore), plus its records (artifacts)."""
+        saved = self.method.save(self.model, self.cfg, self.out_dir / self.method.saved_dir)
+        artifacts = self.method.artifacts(self.model, self.cfg)
+        if artifacts:
+            (self.out_dir / ARTIFACTS_FILE).write_text(json.dumps(artifacts, indent=2))
+        return saved
 
 
 def finished_result(out_dir: str | Path) -> TrainResult | None:
@@ -147,8 +161,9 @@ def finished_result(out_dir: str | Path) -> TrainResult | None:
     if not summary_path.exists():
         return None
     summary = json.loads(summary_path.read_text())
-    return TrainResult(out_dir, out_dir / ADAPTER_DIR, summary["steps"], summary["final_loss"], summary["device_seconds"],
-                       summary["resumed_from"])
+    costs = {k: summary[k] for k in (*COST_KEYS, "peak_memory_kind") if k in summary}
+    return TrainResult(out_dir, out_dir / summary.get("saved_dir", ADAPTER_DIR), summary["steps"], summary["final_loss"],
+                       summary["device_seconds"], summary["resumed_from"], costs)
 
 
 def train(cfg, out_dir: str | Path, on_step=None, progress: bool = True) -> TrainResult:

@@ -33,6 +33,7 @@ _BLOCK_HIDDEN, _BLOCK_MLP = 25, 7  # tensors a recomputed block keeps alive, per
 @dataclass(frozen=True)
 class ModelShape:
     quantizable: int  # parameters of linears inside the blocks (what bitsandbytes turns into NF4)
+    linear_dims: tuple[tuple[int, int], ...]  # (d_out, d_in) of each of those linears (GaLore projects them)
     other: int  # every other parameter, tied ones once
     largest_linear: int
     lora_per_rank: int  # sum of d_in + d_out over the LoRA targets: LoRA parameters = rank * this
@@ -75,14 +76,16 @@ def model_shape(model_config, target_modules="all-linear") -> ModelShape:
     model.tie_weights()  # meta initialisation skips tying: an untied copy would count the embedding twice
     output = model.get_output_embeddings()
     quantizable = largest = lora = 0
+    dims = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and module is not output:
             quantizable += module.weight.numel()
             largest = max(largest, module.weight.numel())
+            dims.append((module.out_features, module.in_features))
             if _targets(name, target_modules):
                 lora += module.in_features + module.out_features
     total = sum(p.numel() for p in model.parameters())  # parameters() yields tied weights once
-    return ModelShape(quantizable=quantizable, other=total - quantizable, largest_linear=largest, lora_per_rank=lora,
+    return ModelShape(quantizable=quantizable, linear_dims=tuple(dims), other=total - quantizable, largest_linear=largest, lora_per_rank=lora,
                       hidden=model_config.hidden_size, intermediate=getattr(model_config, "intermediate_size", 4 * model_config.hidden_size),
                       layers=model_config.num_hidden_layers, vocab=model_config.vocab_size)
 
@@ -137,3 +140,22 @@ def estimate_evaluation(shape: ModelShape, *, rank: int, batch: int, seq: int, l
     forward = tokens * (4 * shape.hidden + 3 * shape.intermediate) * compute + transient
     loss = tokens * shape.vocab * (compute + 8)
     return MemoryEstimate(role, weights, rank * shape.lora_per_rank * 4, 0, 0, max(forward, loss))
+
+
+def estimate_galore(shape: ModelShape, *, rank: int, batch: int, seq: int, base_dtype: torch.dtype,
+                    eight_bit: bool = False, role: str = "trainer galore") -> MemoryEstimate:
+    """Full-parameter training with GaLore: every weight and its gradient in the base dtype; AdamW's two moments
+    live in the projected space (rank x the larger side of each block linear, the rank clamped below the
+    smallest side as trainers/methods/galore.py does) and at full size for everything else (embeddings, norms,
+    lm_head); each matrix also keeps its fp32 projection basis."""
+    width = _dtype_bytes(base_dtype)
+    params = shape.quantizable + shape.other
+    state = 2 if eight_bit else 8
+    smallest = min(min(d) for d in shape.linear_dims)
+    r = rank if rank < smallest else max(1, smallest // 2)
+    moments = sum(r * max(d) for d in shape.linear_dims) + shape.other  # projected (m x r), the rest full size
+    projectors = sum(r * min(d) for d in shape.linear_dims) * 4  # one fp32 orthogonal basis per matrix
+    tokens = batch * seq
+    block = tokens * (_BLOCK_HIDDEN * shape.hidden + _BLOCK_MLP * shape.intermediate) * width
+    activations = shape.layers * tokens * shape.hidden * width + max(block, tokens * shape.vocab * 12)
+    return MemoryEstimate(role, params * width, 0, params * width, moments * state + projectors, activations)

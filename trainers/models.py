@@ -48,6 +48,12 @@ class QuantSettings:
     compute_dtype: str = "auto"
 
 
+def base_dtype(cfg) -> torch.dtype | None:
+    """The dtype an unquantized base loads in (None for a 4-bit base: the compute dtype decides)."""
+    q = cfg.quantization
+    return None if q.load_in_4bit else resolve_compute_dtype(q.compute_dtype if q.base_dtype == "auto" else q.base_dtype)
+
+
 def quant_settings(cfg) -> QuantSettings | None:
     """The config's quantization section as QuantSettings, or None for a 16/32-bit base."""
     q = cfg.quantization

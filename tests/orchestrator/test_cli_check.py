@@ -199,16 +199,16 @@ def test_tiny_example_checks_ok_and_prints_the_resolved_config(capsys):
 
 def test_set_overrides_are_typed_in_the_printed_config(capsys):
     code = main(["check", str(TINY_YAML), "--set", "training.lr=1e-4", "--set", "evaluation.ranks=[1,2,4]",
-                 "--set", "adapter.method=qlora", "--set", "adapter.rank=4"])
+                 "--set", "adapter.method=dylora", "--set", "adapter.r_max=4", "--set", "quantization.load_in_4bit=false"])
     assert code == 0
     out, err = capsys.readouterr()
     raw = yaml.safe_load(out)
     assert raw["training"]["lr"] == 0.0001 and type(raw["training"]["lr"]) is float
     assert raw["evaluation"]["ranks"] == [1, 2, 4]
-    assert raw["adapter"]["method"] == "qlora" and raw["adapter"]["rank"] == 4
+    assert raw["adapter"]["method"] == "dylora" and raw["adapter"]["r_max"] == 4
     assert "ranks 1..4" in err
-    assert parse_config(raw) == load_config(TINY_YAML, ["training.lr=1e-4", "evaluation.ranks=[1,2,4]",
-                                                         "adapter.method=qlora", "adapter.rank=4"])
+    assert parse_config(raw) == load_config(TINY_YAML, ["training.lr=1e-4", "evaluation.ranks=[1,2,4]", "adapter.method=dylora",
+                                                         "adapter.r_max=4", "quantization.load_in_4bit=false"])
 
 
 def test_relative_train_file_is_printed_absolute(tmp_path, monkeypatch, capsys):

@@ -14,7 +14,7 @@ from tests.conftest import TINY_YAML, tiny_config
 def test_plan_prints_every_actor(capsys):
     assert main(["plan", str(TINY_YAML)]) == 0
     out = capsys.readouterr().out
-    for role in ("trainer qdylora r8", "trainer qlora r2", "trainer qlora r8", "evaluator"):
+    for role in ("trainer qdylora r8", "trainer qlora-r2", "trainer qlora-r8", "evaluator"):
         assert role in out
     assert "CPU" in out and "DOES NOT FIT" not in out
 
@@ -51,3 +51,15 @@ def test_run_refuses_before_recording_anything(tmp_path, monkeypatch):
     code = main(["run", str(TINY_YAML), "--set", "resources.trainer_gpus=1", "--set", "resources.gpu_memory_gb=0.001"])
     assert code == EXIT_BAD_INPUT
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_every_method_of_a_pipeline_is_planned(capsys):
+    from orchestrator.config import load_config
+    from tests.conftest import REPO
+
+    example = REPO / "examples" / "methods-tiny.yaml"
+    assert main(["plan", str(example)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"trainer {name}" in out for name, *_ in load_config(example).baseline_jobs())
+    for method in ("lora", "dylora", "adalora", "bitlora", "galore", "galore8bit"):
+        assert f"trainer {method}" in out

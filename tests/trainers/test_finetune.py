@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import tiny_config
+from tests.conftest import Interrupt, stop_at, tiny_config
 from tests.trainers.test_rank_sampler import assert_uniform
 from trainers.finetune import FinetuneRecipe, train
 from trainers.qdylora import RankTruncatedLinear
@@ -60,16 +60,9 @@ def test_resume_reaches_the_same_final_weights(tmp_path):
     overrides = ("training.max_steps=12", "training.checkpoint_every=4", "training.keep_checkpoints=1")
     straight = train(tiny_config(*overrides), tmp_path / "straight", progress=False)
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_10(metrics):
-        if metrics["step"] == 10:
-            raise Interrupt
-
     cut = tmp_path / "cut"
     with pytest.raises(Interrupt):
-        train(tiny_config(*overrides), cut, on_step=stop_at_10, progress=False)
+        train(tiny_config(*overrides), cut, on_step=stop_at(10), progress=False)
     assert [p.name for p in (cut / "checkpoints").iterdir()] == ["step-00000008"]
     resumed = FinetuneRecipe(tiny_config(*overrides), cut, progress=False)
     resumed.setup()

@@ -81,3 +81,16 @@ def test_evaluator_dequantized_base_costs_16_bit_weights(tiny):
     bf16 = estimate_evaluation(shape, dequantize=True, **kw)
     assert bf16.weights == (shape.quantizable + shape.other) * 2 > nf4.weights
     assert nf4.gradients == nf4.optimizer == 0
+
+
+def test_galore_keeps_full_weights_and_gradients_but_projected_moments(tiny):
+    from trainers.memory_estimate import estimate_galore
+
+    shape = model_shape(tiny[1])
+    full = estimate_galore(shape, rank=10**6, batch=4, seq=64, base_dtype=torch.float32)  # clamped to half the smallest side
+    small = estimate_galore(shape, rank=2, batch=4, seq=64, base_dtype=torch.float32)
+    params = shape.quantizable + shape.other
+    assert full.weights == full.gradients == params * 4 and full.trainable == 0
+    assert small.optimizer < full.optimizer < 8 * params + 4 * shape.quantizable
+    eight = estimate_galore(shape, rank=2, batch=4, seq=64, base_dtype=torch.float32, eight_bit=True)
+    assert eight.optimizer < small.optimizer

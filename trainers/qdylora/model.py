@@ -16,7 +16,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 DYNAMIC_META = "dyrank_adapter.json"  # ranks the adapter was trained for; plain PEFT ignores this file
 
 
-def _lora_layers(model, adapter: str = "default"):
+def lora_layers(model, adapter: str = "default"):
     for module in model.modules():
         if isinstance(module, LoraLayer) and adapter in module.lora_A:
             yield module
@@ -25,7 +25,7 @@ def _lora_layers(model, adapter: str = "default"):
 def attach_dynamic_rank(model, update_mode: str = "cumulative", adapter: str = "default") -> int:
     """Make every LoRA layer of a PEFT model rank-truncatable; returns how many layers were converted."""
     count = 0
-    for layer in _lora_layers(model, adapter):
+    for layer in lora_layers(model, adapter):
         if not isinstance(layer.lora_A[adapter], RankTruncatedLinear):
             layer.lora_A[adapter] = RankTruncatedLinear(layer.lora_A[adapter], rank_dim=0, update_mode=update_mode)
             layer.lora_B[adapter] = RankTruncatedLinear(layer.lora_B[adapter], rank_dim=1, update_mode=update_mode)
@@ -37,7 +37,7 @@ def attach_dynamic_rank(model, update_mode: str = "cumulative", adapter: str = "
 
 def set_active_rank(model, rank: int, adapter: str = "default") -> None:
     """Use A[:rank], B[:, :rank] and scaling alpha/rank in every layer, until the next call."""
-    for layer in _lora_layers(model, adapter):
+    for layer in lora_layers(model, adapter):
         a, b = layer.lora_A[adapter], layer.lora_B[adapter]
         if not 1 <= rank <= a.max_rank:
             raise ValueError(f"rank {rank} is outside 1..{a.max_rank}")
@@ -46,7 +46,7 @@ def set_active_rank(model, rank: int, adapter: str = "default") -> None:
 
 
 def get_active_rank(model, adapter: str = "default") -> int:
-    ranks = {layer.lora_A[adapter].active_rank for layer in _lora_layers(model, adapter)}
+    ranks = {layer.lora_A[adapter].active_rank for layer in lora_layers(model, adapter)}
     if len(ranks) != 1:
         raise RuntimeError(f"layers disagree on the active rank: {sorted(ranks)}")
     return ranks.pop()

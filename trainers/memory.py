@@ -1,0 +1,59 @@
+"""Peak memory of one training run, measured the same way for every method on a given device.
+
+CUDA: `torch.cuda.max_memory_allocated` after a reset (tensors only, the allocator's own cache excluded).
+CPU: the process's peak resident set (Linux VmHWM, reset through /proc/self/clear_refs) minus its
+resident set when the measurement started. That counts every allocation of the run (model load, optimizer
+state, activations), torch's or not, without tracing each one. `kind` says which of the two a number is.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+_STATUS = Path("/proc/self/status")
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        match = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
+class PeakMemory:
+    """`start()` then `peak_bytes()`: the most memory this process held for the run since the start."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.kind = "cuda_max_allocated" if self.cuda else "cpu_peak_rss_delta"
+        self.device = device
+        self.start_bytes = 0
+
+    def start(self) -> "PeakMemory":
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_bytes = torch.cuda.memory_allocated(self.device)
+            return self
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
+        except OSError:
+            self.kind = "cpu_peak_rss_delta_unreset"  # the peak may predate the run: an upper bound
+        self.start_bytes = (_status_kib("VmRSS") or 0) * 1024
+        return self
+
+    def peak_bytes(self) -> int:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            return int(torch.cuda.max_memory_allocated(self.device) - self.start_bytes)
+        peak = _status_kib("VmHWM")
+        return max(0, peak * 1024 - self.start_bytes) if peak is not None else 0
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Bytes on disk of what a method saved: the adapter, or the full weights for full-parameter methods."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
