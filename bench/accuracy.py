@@ -14,7 +14,7 @@ from _common import REPO  # noqa: F401  (puts the project on sys.path)
 
 from orchestrator.tracking import open_run  # noqa: E402
 
-SCORES = ("test_loss", "test_generated_exact_match")
+SCORES = ("test_loss", "test_gen_exact_match", "test_exact_match")
 
 
 def _with_interval(metrics: dict, key: str) -> dict:
