@@ -232,7 +232,7 @@ class Pipeline:
         metrics = {**reply["scores"], **_costs(reply), "final_train_loss": reply["final_loss"]}
         run_id = self._record("baseline", rank, name, reply, metrics, _metric_rows(reply["metrics"]), method=method)
         for artifact, data in reply.get("artifacts", {}).items():
-            self.tracker.client.log_dict(run_id, data, f"{artifact}.json")
+            self.tracker.log_text(run_id, json.dumps(data, indent=2), f"{artifact}.json")  # buffered, like every write
 
     def sweep(self, pool: list, adapter_key: str, files_ref, baseline_jobs: dict, zeroshot_ref=None) -> list[dict]:
         """Spread the unrecorded ranks over the pool and record each result the moment it arrives;

@@ -64,7 +64,11 @@ class RayCluster:
         out = self.ray("list", "nodes", "--address", self.address, "--format", "json", "--detail")
         if out.returncode != 0 or not out.stdout.strip():
             raise RuntimeError(f"ray list nodes: {out.stderr[-2000:]}")
-        return [n for n in json.loads(out.stdout) if n["state"] == "ALIVE"]
+        try:
+            nodes = json.loads(out.stdout)
+        except json.JSONDecodeError:  # e.g. "No resource in the cluster" while the head itself registers
+            raise RuntimeError(f"ray list nodes: {out.stdout[-2000:]}") from None
+        return [n for n in nodes if n["state"] == "ALIVE"]
 
     def wait_for_nodes(self, count: int, timeout: float = 180) -> list[dict]:
         """Until `count` nodes are alive; the state API may answer with nothing while nodes register."""
