@@ -33,23 +33,29 @@ from trainers.qdylora.model import write_dynamic_meta  # noqa: E402
 
 
 def p1_step_ratio(base: Path, steps: int, batch: int, seq: int, r: int = 64) -> dict:
+    """QDyLoRA (rank sampled per step) against QLoRA at r; a third arm, QDyLoRA's model held at r_max, tells
+    the cost of the truncated layers themselves apart from the cost of a new rank (new shapes) every step."""
     device = default_device()
+    arms = {"qdylora": True, "qlora": False, "qdylora_at_rmax": True}
     models, optimizers = {}, {}
-    for name, dynamic in (("qdylora", True), ("qlora", False)):
+    for name, dynamic in arms.items():
         torch.manual_seed(0)
         model = attach_lora(load_base_model(base, QuantSettings()), rank=r, alpha=16, dropout=0.1,
                             target_modules="all-linear", dynamic=dynamic, gradient_checkpointing=True)
         models[name], optimizers[name] = model.train(), build_optimizer("paged_adamw_32bit", model.parameters(), 2e-4, 0.0)
     sampler = RankSampler(1, r, seed=1)
     ids = torch.randint(0, 384, (batch, seq), generator=torch.Generator().manual_seed(0)).to(device)
-    times = {"qdylora": [], "qlora": []}
+    names = list(arms)
+    times = {name: [] for name in names}
     for step in range(steps + 3):  # 3 warm-up steps each, not timed
-        for name in ("qdylora", "qlora") if step % 2 == 0 else ("qlora", "qdylora"):
+        for name in names[step % 3:] + names[:step % 3]:  # rotating order: drift hits every arm alike
             model, optimizer = models[name], optimizers[name]
             sync()
             start = time.perf_counter()
             if name == "qdylora":
                 set_active_rank(model, sampler.sample())
+            elif name == "qdylora_at_rmax":
+                set_active_rank(model, r)
             model(input_ids=ids, labels=ids).loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 0.3)
             optimizer.step()
@@ -57,9 +63,11 @@ def p1_step_ratio(base: Path, steps: int, batch: int, seq: int, r: int = 64) -> 
             sync()
             if step >= 3:
                 times[name].append(time.perf_counter() - start)
-    ratio = statistics.median(times["qdylora"]) / statistics.median(times["qlora"])
-    return {"qdylora_s": spread(times["qdylora"]), "qlora_s": spread(times["qlora"]), "ratio": ratio,
-            "batch": batch, "seq": seq, "r": r}
+    qlora = statistics.median(times["qlora"])
+    return {"qdylora_s": spread(times["qdylora"]), "qlora_s": spread(times["qlora"]),
+            "qdylora_at_rmax_s": spread(times["qdylora_at_rmax"]),
+            "ratio": statistics.median(times["qdylora"]) / qlora,
+            "ratio_at_rmax": statistics.median(times["qdylora_at_rmax"]) / qlora, "batch": batch, "seq": seq, "r": r}
 
 
 def p3_sweep_ratio(base: Path, work: Path, ranks: list[int], n_examples: int, seq: int, repeats: int) -> dict:
@@ -113,7 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tiny", action="store_true", help="tiny shape: a CPU smoke test of this script")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=60)
     args = parser.parse_args()
     shape = TINY if args.tiny else SMOLLM2_135M
     result = header("bench/gpu.py", "tiny" if args.tiny else "SmolLM2-135M")

@@ -20,6 +20,7 @@ import platform
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -102,6 +103,23 @@ def interleaved(config: str, names: list[str], steps: int, warmup: int, extra: l
     return rows
 
 
+def _summarise(rows: dict) -> None:
+    """Medians and the ratios to QLoRA, from whatever has been measured so far."""
+    ref = statistics.median(rows["qlora"]["step_seconds"]) if "qlora" in rows else None
+    ref_mem = rows.get("qlora", {}).get("peak_memory_bytes")
+    for row in rows.values():
+        med = statistics.median(row["step_seconds"])
+        row.update(step_median=med, step_min=min(row["step_seconds"]), step_max=max(row["step_seconds"]),
+                   step_ratio_to_qlora=med / ref if ref else None,
+                   peak_ratio_to_qlora=row["peak_memory_bytes"] / ref_mem if ref_mem and "peak_memory_bytes" in row
+                   else None)
+
+
+def _write(result: dict, out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=str(REPO / "examples" / "methods-tiny.yaml"))
@@ -110,6 +128,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--set", dest="extra", action="append", default=[])
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "methods-tiny.json"))
+    parser.add_argument("--jobs", type=int, default=1, help="memory runs side by side (each in its own process)")
     parser.add_argument("--alone", help=argparse.SUPPRESS)  # internal: one method's peak memory, in a subprocess
     args = parser.parse_args()
     import tempfile
@@ -126,30 +145,34 @@ def main() -> None:
 
     torch.set_num_threads(2)
     rows = interleaved(args.config, args.methods, args.steps, args.warmup, args.extra, scratch)
-    for name in args.methods:
-        cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps), "--alone", name,
-               *[f"--set={e}" for e in args.extra]]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        alone = json.loads(done.stdout.strip().splitlines()[-1])
-        rows[name].update({k: alone[k] for k in ("peak_memory_bytes", "peak_memory_kind", "trainable_params", "adapter_bytes")})
-        print(name, {k: v for k, v in rows[name].items() if k != "step_seconds"}, flush=True)
-    ref = statistics.median(rows["qlora"]["step_seconds"]) if "qlora" in rows else None
-    ref_mem = rows.get("qlora", {}).get("peak_memory_bytes")
-    for row in rows.values():
-        med = statistics.median(row["step_seconds"])
-        row.update(step_median=med, step_min=min(row["step_seconds"]), step_max=max(row["step_seconds"]),
-                   step_ratio_to_qlora=med / ref if ref else None,
-                   peak_ratio_to_qlora=row["peak_memory_bytes"] / ref_mem if ref_mem else None)
     result = {
         "script": "bench/methods.py", "date": date.today().isoformat(), "config": Path(args.config).name,
         "steps": args.steps, "warmup": args.warmup, "machine": f"{platform.machine()}, "
         f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, {__import__('os').cpu_count()} cores",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
                      "bitsandbytes": __import__("bitsandbytes").__version__},
-        "methods": rows,
+        "overrides": args.extra, "methods": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    _summarise(rows)
+    _write(result, args.out)  # step times and eval losses are kept even if a memory run below is cut short
+    print("step time / qlora:", {n: round(r["step_ratio_to_qlora"] or float("nan"), 3) for n, r in rows.items()},
+          flush=True)
+
+    def alone(name: str) -> dict:
+        cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps), "--alone", name,
+               *[f"--set={e}" for e in args.extra]]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    # Each peak is its own process's (CUDA max allocated or peak RSS), so several can run at once where the
+    # machine has the room (--jobs; 1 on a 2-core CPU, where concurrent runs would distort nothing but time).
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for name, measured in zip(args.methods, pool.map(alone, args.methods)):
+            rows[name].update({k: measured[k] for k in ("peak_memory_bytes", "peak_memory_kind", "trainable_params",
+                                                         "adapter_bytes")})
+            print(name, {k: v for k, v in rows[name].items() if k != "step_seconds"}, flush=True)
+            _summarise(rows)
+            _write(result, args.out)
     print(f"{'method':<14}{'step/qlora':>11}{'peak MiB':>10}{'peak/qlora':>11}{'eval_loss':>10}{'trainable':>10}{'saved KiB':>10}")
     for name, r in rows.items():
         print(f"{name:<14}{r['step_ratio_to_qlora'] or float('nan'):>11.2f}{r['peak_memory_bytes'] / 2**20:>10.1f}"

@@ -23,15 +23,11 @@ import torch
 from _common import LLAMA_7B, SMOLLM2_135M, TINY, header, save_random_base
 
 from trainers.adapters import attach_lora  # noqa: E402
+from trainers.memory import paged_optimizer_bytes  # noqa: E402
 from trainers.memory_estimate import estimate_training, model_shape  # noqa: E402
 from trainers.models import QuantSettings, default_device, load_base_model  # noqa: E402
 from trainers.optim import build_optimizer  # noqa: E402
 from trainers.qdylora import RankSampler, set_active_rank  # noqa: E402
-
-
-def paged_bytes(optimizer) -> int:
-    return sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
-               if torch.is_tensor(t) and getattr(t, "is_paged", False))
 
 
 def measure(base: Path, nf4: bool, batch: int, seq: int, vocab: int, steps: int = 3) -> dict:
@@ -58,7 +54,7 @@ def measure(base: Path, nf4: bool, batch: int, seq: int, vocab: int, steps: int 
         optimizer.zero_grad(set_to_none=True)
     row = {"weights_bytes": weights,
            "torch_peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-           "paged_optimizer_bytes": paged_bytes(optimizer)}
+           "paged_optimizer_bytes": paged_optimizer_bytes(optimizer)}
     if cuda:
         row["peak_bytes"] = row["torch_peak_bytes"] + row["paged_optimizer_bytes"]
     del model, optimizer

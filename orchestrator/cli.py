@@ -62,13 +62,31 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _print_event(kind: str, payload: dict) -> None:
-    if kind == "started":
-        print(f"pipeline run {payload['parent_run_id']}  (MLflow: {payload['tracking_uri']})", flush=True)
-    elif kind == "trained":
-        print(f"QDyLoRA trained in {payload['device_seconds']:.1f} s; sweeping ranks...", flush=True)
-    elif kind == "eval":
-        print(f"  rank {payload['rank']:>3}: eval_loss {payload['eval_loss']:.4f}", flush=True)
+# One line per pipeline / study event, formatted from the event's payload; events not listed print nothing.
+PIPELINE_EVENTS = {
+    "started": "pipeline run {parent_run_id}  (MLflow: {tracking_uri})",
+    "trained": "QDyLoRA trained in {device_seconds:.1f} s; sweeping ranks...",
+    "eval": "  rank {rank:>3}: eval_loss {eval_loss:.4f}",
+}
+STUDY_EVENTS = {
+    "study_started": "study {name}  (Optuna: {storage}; MLflow: {tracking_uri}, run {study_run_id})",
+    "trial_requeued": "  trial {number} was interrupted: its parameters are re-enqueued",
+    "trial_started": "  trial {number} started: {params}",
+    "trial_done": "  trial {number} finished: {values} (pipeline run {run_id})",
+    "trial_pruned": "  trial {number} pruned at step {step}",
+    "trial_failed": "  trial {number} failed: {reason}",
+}
+
+
+def _event_printer(lines: dict[str, str]):
+    def print_event(kind: str, payload: dict) -> None:
+        if kind in lines:
+            print(lines[kind].format(**payload), flush=True)
+    return print_event
+
+
+_print_event = _event_printer(PIPELINE_EVENTS)
+_print_study_event = _event_printer(STUDY_EVENTS)
 
 
 def _print_result(result) -> None:
@@ -94,22 +112,6 @@ def cmd_resume(args) -> int:
     else:
         _print_result(result)
     return 0
-
-
-def _print_study_event(kind: str, payload: dict) -> None:
-    if kind == "study_started":
-        print(f"study {payload['name']}  (Optuna: {payload['storage']}; MLflow: {payload['tracking_uri']}, "
-              f"run {payload['study_run_id']})", flush=True)
-    elif kind == "trial_requeued":
-        print(f"  trial {payload['number']} was interrupted: its parameters are re-enqueued", flush=True)
-    elif kind == "trial_started":
-        print(f"  trial {payload['number']} started: {payload['params']}", flush=True)
-    elif kind == "trial_done":
-        print(f"  trial {payload['number']} finished: {payload['values']} (pipeline run {payload['run_id']})", flush=True)
-    elif kind == "trial_pruned":
-        print(f"  trial {payload['number']} pruned at step {payload['step']}", flush=True)
-    elif kind == "trial_failed":
-        print(f"  trial {payload['number']} failed: {payload['reason']}", flush=True)
 
 
 def cmd_study(args) -> int:
@@ -228,27 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dyrank", description="QDyLoRA rank search: train once, evaluate every rank.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("check", help="validate a config and print it resolved")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_check)
-
-    p = sub.add_parser("plan", help="estimate each actor's peak memory (nothing loaded); refuse what cannot fit")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_plan)
+    for name, func, help in (  # the commands that take a config and nothing else
+        ("check", cmd_check, "validate a config and print it resolved"),
+        ("plan", cmd_plan, "estimate each actor's peak memory (nothing loaded); refuse what cannot fit"),
+        ("run", cmd_run, "the whole pipeline on Ray: train, baselines, every rank evaluated, MLflow"),
+        ("study", cmd_study, "an Optuna study whose trials are whole pipelines; run it again to resume"),
+    ):
+        p = sub.add_parser(name, help=help)
+        _add_config_args(p)
+        p.set_defaults(func=func)
 
     p = sub.add_parser("train", help="one training run, locally (no Ray)")
     _add_config_args(p, required=False)
     p.add_argument("--out", help="output folder (default runs/NAME-TIMESTAMP)")
     p.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
     p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("run", help="the whole pipeline on Ray: train, baselines, every rank evaluated, MLflow")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("study", help="an Optuna study whose trials are whole pipelines; run it again to resume")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("report", help="a self-contained HTML report (and PNGs) of a pipeline run or a study")
     p.add_argument("target", help="a pipeline run id, a study run id, or a study name")

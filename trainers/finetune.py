@@ -133,7 +133,7 @@ class FinetuneRecipe:
                     ckpt.save_checkpoint(self.out_dir / CHECKPOINT_DIR, last["step"], self.model, self.optimizer,
                                          self.scheduler, self.sampler, t.keep_checkpoints)
         seconds = time.perf_counter() - started
-        peak = self.memory.peak_bytes()
+        peak = self.memory.peak_bytes(self.optimizer)
         adapter_dir = self.save()
         timed = step_times[1:] or step_times  # the first step pays one-off costs (allocations, SVDs, compiles)
         costs = {"trainable_params": trainable_params(self.model), "adapter_bytes": folder_bytes(adapter_dir),

@@ -1,6 +1,8 @@
 """Peak memory of one training run, measured the same way for every method on a given device.
 
-CUDA: `torch.cuda.max_memory_allocated` after a reset (tensors only, the allocator's own cache excluded).
+CUDA: `torch.cuda.max_memory_allocated` after a reset (tensors only, the allocator's own cache excluded),
+plus the optimizer states bitsandbytes' paged optimizers keep in CUDA unified memory, which torch's allocator
+never sees (they stay resident on the card while it has room, so they count against it).
 CPU: the process's peak resident set (Linux VmHWM, reset through /proc/self/clear_refs) minus its
 resident set when the measurement started. That counts every allocation of the run (model load, optimizer
 state, activations), torch's or not, without tracing each one. `kind` says which of the two a number is.
@@ -46,12 +48,20 @@ class PeakMemory:
         self.start_bytes = (_status_kib("VmRSS") or 0) * 1024
         return self
 
-    def peak_bytes(self) -> int:
+    def peak_bytes(self, optimizer=None) -> int:
+        """Peak since start(); on CUDA, `optimizer`'s paged states are added (see paged_optimizer_bytes)."""
         if self.cuda:
             torch.cuda.synchronize(self.device)
-            return int(torch.cuda.max_memory_allocated(self.device) - self.start_bytes)
+            paged = paged_optimizer_bytes(optimizer) if optimizer is not None else 0
+            return int(torch.cuda.max_memory_allocated(self.device) - self.start_bytes + paged)
         peak = _status_kib("VmHWM")
         return max(0, peak * 1024 - self.start_bytes) if peak is not None else 0
+
+
+def paged_optimizer_bytes(optimizer) -> int:
+    """Bytes of optimizer state held in bitsandbytes' paged (unified) memory, outside torch's allocator."""
+    return sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
+               if torch.is_tensor(t) and getattr(t, "is_paged", False))
 
 
 def folder_bytes(folder: str | Path) -> int:
