@@ -165,7 +165,8 @@ def main() -> None:
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     # Each peak is its own process's (CUDA max allocated or peak RSS), so several can run at once where the
-    # machine has the room (--jobs; 1 on a 2-core CPU, where concurrent runs would distort nothing but time).
+    # machine has the room (--jobs: 9 on the 16-core GPU box; the default 1 suits 2 CPU cores, which side-by-side
+    # runs would only share).
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for name, measured in zip(args.methods, pool.map(alone, args.methods)):
             rows[name].update({k: measured[k] for k in ("peak_memory_bytes", "peak_memory_kind", "trainable_params",
