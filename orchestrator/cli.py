@@ -230,13 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dyrank", description="QDyLoRA rank search: train once, evaluate every rank.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for name, func, help in (  # the commands that take a config and nothing else
+    for name, func, summary in (  # the commands that take a config and nothing else
         ("check", cmd_check, "validate a config and print it resolved"),
         ("plan", cmd_plan, "estimate each actor's peak memory (nothing loaded); refuse what cannot fit"),
         ("run", cmd_run, "the whole pipeline on Ray: train, baselines, every rank evaluated, MLflow"),
         ("study", cmd_study, "an Optuna study whose trials are whole pipelines; run it again to resume"),
     ):
-        p = sub.add_parser(name, help=help)
+        p = sub.add_parser(name, help=summary)
         _add_config_args(p)
         p.set_defaults(func=func)
 
