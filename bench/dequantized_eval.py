@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from evaluators.metrics import evaluate  # noqa: E402
-from trainers.data import encode_all, read_jsonl  # noqa: E402
+from trainers.batching import encode_all  # noqa: E402
+from trainers.datasets.splits import read_jsonl  # noqa: E402
 from trainers.datasets import split_files  # noqa: E402
 from trainers.models import QuantSettings, dequantize_once, load_base_model, load_tokenizer, resolve_base  # noqa: E402
 

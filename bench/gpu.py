@@ -28,8 +28,8 @@ from evaluators.sweep import RankSweep, load_adapter  # noqa: E402
 from trainers.adapters import attach_lora  # noqa: E402
 from trainers.models import QuantSettings, default_device, load_base_model  # noqa: E402
 from trainers.optim import build_optimizer  # noqa: E402
-from trainers.qdylora import RankSampler, export_rank, set_active_rank  # noqa: E402
-from trainers.qdylora.model import write_dynamic_meta  # noqa: E402
+from trainers.methods.base import write_adapter_meta  # noqa: E402
+from trainers.methods.qdylora import RankSampler, export_rank, set_active_rank  # noqa: E402
 
 
 def p1_step_ratio(base: Path, steps: int, batch: int, seq: int, r: int = 64) -> dict:
@@ -81,7 +81,7 @@ def p3_sweep_ratio(base: Path, work: Path, ranks: list[int], n_examples: int, se
                 p.normal_(0, 0.01)
     adapter = work / "adapter"
     model.save_pretrained(adapter)
-    write_dynamic_meta(adapter, 1, 64, 16, "qdylora")
+    write_adapter_meta(adapter, {"method": "qdylora", "dynamic": True, "r_min": 1, "r_max": 64, "lora_alpha": 16})
     del model
     examples = random_examples(n_examples, seq)
 

@@ -15,6 +15,7 @@ RSS minus the RSS at setup on the CPU (trainers/memory.py).
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 import json
 import platform
 import statistics
@@ -54,10 +55,10 @@ def method_config(config: str, name: str, steps: int, extra: list[str]):
 
 def _import_everything() -> None:
     """So a subprocess's memory measurement does not count importing a library."""
-    from trainers.methods import METHODS as ALL, get_method
+    from trainers.methods import make_trainer, method_names
 
-    for name in ALL:
-        get_method(name)
+    for name in method_names():
+        make_trainer(name)
     import evaluators.metrics  # noqa: F401
 
 
@@ -69,14 +70,15 @@ def peak_alone(config: str, name: str, steps: int, extra: list[str], out: Path) 
     recipe = FinetuneRecipe(method_config(config, name, steps, extra), out, progress=False)
     recipe.setup()
     result = recipe.train()
-    return result.costs
+    return asdict(result.costs)
 
 
 def interleaved(config: str, names: list[str], steps: int, warmup: int, extra: list[str], scratch: Path) -> dict:
     import torch
 
     from evaluators.metrics import evaluate
-    from trainers.data import encode_all, load_splits
+    from trainers.batching import encode_all
+    from trainers.datasets.splits import load_splits
     from trainers.finetune import FinetuneRecipe
 
     recipes = {}

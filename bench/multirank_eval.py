@@ -25,10 +25,10 @@ from _common import SMOLLM2_135M, Pad, header, random_examples, save_random_base
 
 from evaluators.metrics import evaluate  # noqa: E402
 from trainers.adapters import attach_lora  # noqa: E402
-from trainers.data import IGNORE_INDEX, eval_batches  # noqa: E402
+from trainers.batching import IGNORE_INDEX, eval_batches  # noqa: E402
 from trainers.models import QuantSettings, dequantize_once, load_base_model  # noqa: E402
-from trainers.qdylora import set_active_rank  # noqa: E402
-from trainers.qdylora.model import _lora_layers  # noqa: E402
+from trainers.methods.qdylora import set_active_rank  # noqa: E402
+from trainers.adapters import lora_layers as _lora_layers  # noqa: E402
 
 
 @torch.inference_mode()
@@ -75,7 +75,8 @@ def main() -> None:
     ranks = [1, 2, 4, 8, 16, 32, 48, 64]
     tmp = tempfile.TemporaryDirectory()
     if args.real:
-        from trainers.data import encode_all, read_jsonl
+        from trainers.batching import encode_all
+        from trainers.datasets.splits import read_jsonl
         from trainers.datasets import split_files
         from trainers.models import load_tokenizer, resolve_base
 

@@ -28,7 +28,7 @@ from evaluators.metrics import evaluate  # noqa: E402
 from trainers.adapters import attach_lora  # noqa: E402
 from trainers.models import QuantSettings, default_device, load_base_model  # noqa: E402
 from trainers.optim import build_optimizer  # noqa: E402
-from trainers.qdylora import RankSampler, set_active_rank  # noqa: E402
+from trainers.methods.qdylora import RankSampler, set_active_rank  # noqa: E402
 
 KNOWN_RANKS = [1, 2, 4, 8, 16, 32, 64]
 

@@ -27,7 +27,7 @@ from trainers.memory import paged_optimizer_bytes  # noqa: E402
 from trainers.memory_estimate import estimate_training, model_shape  # noqa: E402
 from trainers.models import QuantSettings, default_device, load_base_model  # noqa: E402
 from trainers.optim import build_optimizer  # noqa: E402
-from trainers.qdylora import RankSampler, set_active_rank  # noqa: E402
+from trainers.methods.qdylora import RankSampler, set_active_rank  # noqa: E402
 
 
 def measure(base: Path, nf4: bool, batch: int, seq: int, vocab: int, steps: int = 3) -> dict:

@@ -28,7 +28,7 @@ from orchestrator.actors import RankEvaluator, actor_options, read_adapter_files
 from orchestrator.config import load_config  # noqa: E402
 from trainers.adapters import attach_lora  # noqa: E402
 from trainers.models import load_base_model, resolve_base  # noqa: E402
-from trainers.qdylora.model import write_dynamic_meta  # noqa: E402
+from trainers.methods.base import write_adapter_meta  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "smollm2-countries.yaml"
 
@@ -43,7 +43,7 @@ def random_adapter(cfg, folder: Path) -> Path:
             if "lora_B" in name:
                 p.normal_(0, 0.02)
     model.save_pretrained(folder)
-    write_dynamic_meta(folder, 1, r_max, 16, "qdylora")
+    write_adapter_meta(folder, {"method": "qdylora", "dynamic": True, "r_min": 1, "r_max": r_max, "lora_alpha": 16})
     return folder
 
 

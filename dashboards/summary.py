@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from trainers.costs import COST_KEYS
+from trainers.methods import get_spec
+
 COLUMNS = ("eval_loss", "eval_perplexity", "eval_exact_match")
-COST_COLUMNS = ("trainable_params", "adapter_bytes", "peak_memory_bytes", "step_seconds", "device_seconds")
 
 
 def summary_table(ranks: list[dict], baselines: list[dict], selected_rank: int, metric: str = "eval_loss",
@@ -23,14 +25,14 @@ def summary_table(ranks: list[dict], baselines: list[dict], selected_rank: int, 
         lines.append(line("*" if row["rank"] == selected_rank else "", method, row))
     if baselines:
         lines.append("-" * len(head))
-        for row in sorted(baselines, key=lambda r: (r.get("method", "qlora"), r["rank"])):
-            lines.append(line("", row.get("method", "qlora"), row))
+        for row in sorted(baselines, key=lambda r: (r["method"], r["rank"])):
+            lines.append(line("", row["method"], row))
     lines.append(f"* selected rank {selected_rank} (on validation {metric})")
     return "\n".join(lines)
 
 
 def cost_table(jobs: list[dict]) -> str:
-    """What each training job cost, one row per job (`method`, `rank` and the COST_COLUMNS metrics)."""
+    """What each training job cost, one row per job (`method`, `rank` and the COST_KEYS metrics)."""
     head = (f"{'method':<11}{'rank':>5}  {'trainable':>10}  {'saved KiB':>10}  {'peak MiB':>9}  {'s/step':>7}  "
             f"{'train s':>8}")
     lines = [head, "-" * len(head)]
@@ -42,9 +44,10 @@ def cost_table(jobs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_rank_csv(ranks: list[dict], baselines: list[dict], path: Path) -> Path:
-    rows = [{"method": "qdylora", **r} for r in ranks] + [{"method": "qlora", **b} for b in baselines]  # b's own wins
-    keys = ["method", "rank", *COLUMNS, *COST_COLUMNS]
+def write_rank_csv(ranks: list[dict], baselines: list[dict], path: Path, method: str = "qdylora") -> Path:
+    """One row per swept rank of the main method and per baseline job (each under its own method)."""
+    rows = [{"method": method, **r} for r in ranks] + list(baselines)
+    keys = ["method", "rank", *COLUMNS, *COST_KEYS]
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
@@ -53,17 +56,19 @@ def write_rank_csv(ranks: list[dict], baselines: list[dict], path: Path) -> Path
 
 
 def plot_ranks(ranks: list[dict], baselines: list[dict], selected_rank: int, path: Path,
-               metric: str = "eval_loss", zeroshot: dict | None = None) -> Path:
-    """QDyLoRA's metric at every rank, QLoRA baselines as horizontal lines, the selected rank marked.
+               metric: str = "eval_loss", zeroshot: dict | None = None, method: str = "qdylora") -> Path:
+    """The main method's metric at every rank, baselines (each labelled by its method) as horizontal lines,
+    the selected rank marked.
     Figure, not pyplot: a study's pipelines draw from several threads, and pyplot's state is global."""
     from matplotlib.figure import Figure
 
     rows = sorted(ranks, key=lambda r: r["rank"])
     fig = Figure(figsize=(7, 4), dpi=120)
     ax = fig.subplots()
-    ax.plot([r["rank"] for r in rows], [r[metric] for r in rows], marker="o", ms=3, label="QDyLoRA (one adapter)")
+    label = get_spec(method).display
+    ax.plot([r["rank"] for r in rows], [r[metric] for r in rows], marker="o", ms=3, label=f"{label} (one adapter)")
     for i, base in enumerate(sorted(baselines, key=lambda r: r["rank"])):
-        ax.axhline(base[metric], ls="--", color=f"C{(i + 1) % 10}", label=f"{base.get('method', 'qlora')} r={base['rank']}")
+        ax.axhline(base[metric], ls="--", color=f"C{(i + 1) % 10}", label=f"{get_spec(base['method']).display} r={base['rank']}")
     values = [r[metric] for r in rows] + [b[metric] for b in baselines]
     low, high = min(values), max(values)
     if zeroshot and metric in zeroshot:
@@ -77,8 +82,21 @@ def plot_ranks(ranks: list[dict], baselines: list[dict], selected_rank: int, pat
                label=f"selected rank {selected_rank}")
     ax.set_xlabel("rank")
     ax.set_ylabel(f"{metric} (validation)")
-    ax.set_title("QDyLoRA: every rank from one training run")
+    ax.set_title(f"{label}: every rank from one training run")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     return path
+
+
+def write_pipeline_outputs(result, folder: Path) -> str:
+    """A finished pipeline's table (summary.txt), CSV and plot in `folder`; returns the table. The CLI hands this
+    to the pipeline, which logs the folder under the parent run's report/."""
+    folder = Path(folder)
+    plot_ranks(result.ranks, result.baselines, result.selected_rank, folder / "rank_vs_metric.png", result.metric,
+               result.zeroshot, result.method)
+    write_rank_csv(result.ranks, result.baselines, folder / "ranks.csv", result.method)
+    table = (summary_table(result.ranks, result.baselines, result.selected_rank, result.metric, result.method)
+             + "\n\n" + cost_table([result.trained, *result.baselines]))
+    (folder / "summary.txt").write_text(table + "\n")
+    return table

@@ -13,7 +13,7 @@ import string
 import torch
 import torch.nn.functional as F
 
-from trainers.data import IGNORE_INDEX, eval_batches, prompt_and_completion
+from trainers.batching import IGNORE_INDEX, eval_batches, prompt_and_completion
 
 
 def _model_device(model) -> torch.device:
@@ -24,7 +24,7 @@ def _model_device(model) -> torch.device:
 def evaluate(model, examples: list[dict], tokenizer, batch_size: int, device=None, per_example: dict | None = None) -> dict:
     """Loss, perplexity and teacher-forced exact match over the completion tokens of `examples`.
 
-    `examples` are encoded records (trainers.data.encode: input_ids, labels with the prompt masked).
+    `examples` are encoded records (trainers.batching.encode: input_ids, labels with the prompt masked).
     The loss is token-weighted over the whole set (sum of token losses / number of completion tokens),
     so it does not depend on batch_size or on how the examples happen to be grouped.
     With `per_example` (a dict), each example's loss sum, token count and exact match are appended to its

@@ -6,23 +6,24 @@ Metric names say the split: `eval_*` on validation (what ranks are selected on),
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from peft import PeftModel
 
 from evaluators.bootstrap import intervals as bootstrap_intervals
 from evaluators.metrics import evaluate, generate_exact_match
-from trainers.data import encode_all, load_splits
+from trainers.batching import encode_all
+from trainers.config import JobConfig
+from trainers.datasets.splits import load_splits
+from trainers.methods.base import read_adapter_meta
+from trainers.methods.qdylora import attach_dynamic_rank, set_active_rank
 from trainers.models import base_dtype, dequantize_once, load_base_model, load_tokenizer, quant_settings, resolve_base
-from trainers.qdylora import attach_dynamic_rank, set_active_rank
-from trainers.qdylora.model import DYNAMIC_META
 
 SPLIT_PREFIX = {"validation": "eval_", "test": "test_"}
 
 
 class EvalSession:
-    def __init__(self, cfg):
+    def __init__(self, cfg: JobConfig):
         self.cfg = cfg
         base_path = resolve_base(cfg.model.source)
         self.tokenizer = load_tokenizer(base_path, cfg.model.trust_remote_code)
@@ -41,8 +42,7 @@ class EvalSession:
         """Put what a training saved on the loaded base, replacing any earlier one: a PEFT adapter (made
         rank-switchable if it is dynamic), or a full-parameter method's own weights, which replace the base
         for scoring (rank None still scores the untouched base)."""
-        meta_path = Path(adapter_dir) / DYNAMIC_META
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"dynamic": True}
+        meta = read_adapter_meta(adapter_dir) or {"dynamic": True}
         if isinstance(self.model, PeftModel):
             self.model.unload()
         if meta.get("full_weights"):

@@ -13,8 +13,7 @@ from peft import PeftModel
 
 from evaluators.metrics import evaluate, generate_exact_match
 from trainers.models import QuantSettings, load_base_model, load_tokenizer
-from trainers.qdylora import attach_dynamic_rank, set_active_rank
-from trainers.qdylora.model import exportable_ranks
+from trainers.methods.qdylora import attach_dynamic_rank, exportable_ranks, set_active_rank
 
 
 def load_adapter(base_path, adapter_dir, quant: QuantSettings | None = None, device=None,
@@ -28,7 +27,7 @@ def load_adapter(base_path, adapter_dir, quant: QuantSettings | None = None, dev
 class RankSweep:
     """One model, many ranks: `evaluate_rank(r)` switches the active rank in place and scores it.
 
-    `examples` are encoded records (trainers.data.encode_all, unpacked) for the loss and teacher-forced
+    `examples` are encoded records (trainers.batching.encode_all, unpacked) for the loss and teacher-forced
     exact match; `gen_records`, when given, are raw records also scored by greedy generation at each rank.
     """
 

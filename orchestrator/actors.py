@@ -1,7 +1,8 @@
 """Ray actors: trainers (one per training job) and rank evaluators (a pool, one base load each).
 
-Actors return plain dicts; they never touch MLflow (the driver is the only writer). Adapters travel as
-file bytes through Ray's object store, so evaluators on other nodes need no shared disk.
+Actors take a `JobConfig` and return the typed messages of orchestrator/messages.py; they never touch MLflow
+(the driver is the only writer). Adapters travel as file bytes through Ray's object store, so evaluators on
+other nodes need no shared disk.
 """
 
 from __future__ import annotations
@@ -16,16 +17,20 @@ from pathlib import Path
 import ray
 import torch
 
+from orchestrator.messages import EvalResult, Placement, TrainingReply
+from orchestrator.provenance import provenance_tags
+from trainers.config import JobConfig
+
 
 def _pin_threads(num_cpus: float) -> None:
     # Fractional CPUs share cores with other actors: one thread each so they do not fight.
     torch.set_num_threads(max(1, int(num_cpus)))
 
 
-def _placement() -> dict:
+def _placement() -> Placement:
     ctx = ray.get_runtime_context()
-    return {"actor_id": ctx.get_actor_id(), "node_id": ctx.get_node_id(), "pid": os.getpid(),
-            "gpu_ids": [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])]}
+    return Placement(ctx.get_actor_id(), ctx.get_node_id(), os.getpid(),
+                     tuple(str(g) for g in ctx.get_accelerator_ids().get("GPU", [])), provenance_tags())
 
 
 def _free_accelerator_memory(collect: bool = False) -> None:
@@ -43,6 +48,7 @@ def read_adapter_files(adapter_dir: Path) -> dict[str, bytes]:
 
 
 def write_adapter_files(files: dict[str, bytes], folder: Path) -> Path:
+    """The one place an adapter's files are written back from bytes (evaluators and the driver)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         (folder / name).write_bytes(data)
@@ -64,14 +70,9 @@ def _step_hook(step_sink):
 
 
 class _Worker:
-    def __init__(self, config: dict, num_cpus: float):
-        from orchestrator.config import Config
-
+    def __init__(self, job: JobConfig, num_cpus: float):
         _pin_threads(num_cpus)
-        self.cfg = Config.model_validate(config)
-
-    def placement(self) -> dict:
-        return _placement()
+        self.cfg = job
 
 
 @ray.remote
@@ -79,24 +80,23 @@ class Trainer(_Worker):
     """Trains one job (the QDyLoRA run or one QLoRA baseline) into out_dir, resuming from its checkpoints,
     so a restarted actor picks up where the dead one stopped."""
 
-    def train(self, out_dir: str, evaluate_on: tuple[str, ...] = (), step_sink=None) -> dict:
+    def train(self, out_dir: str, evaluate_on: tuple[str, ...] = (), step_sink=None) -> TrainingReply:
         """step_sink(row) -> bool, if given, sees every step's metrics; True stops the training (a pruned trial)."""
-        from trainers.finetune import ARTIFACTS_FILE, train
+        from trainers.finetune import ARTIFACTS_FILE, METRICS_FILE, train
 
         started = time.time()
         result = train(self.cfg, out_dir, on_step=_step_hook(step_sink), progress=False)
-        metrics = [line for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines() if line]
+        rows = [json.loads(line) for line in (Path(out_dir) / METRICS_FILE).read_text().splitlines() if line]
         artifacts = Path(out_dir) / ARTIFACTS_FILE
-        reply = {
-            "start": started, "end": time.time(), "device_seconds": result.device_seconds, "steps": result.steps,
-            "final_loss": result.final_loss, "resumed_from": result.resumed_from, "metrics": metrics,
-            "costs": result.costs or {}, "artifacts": json.loads(artifacts.read_text()) if artifacts.exists() else {},
-            **_placement(),
-        }
+        reply = TrainingReply(
+            placement=_placement(), start=started, end=time.time(), steps=result.steps, final_loss=result.final_loss,
+            resumed_from=result.resumed_from, costs=result.costs, step_rows=rows,
+            artifacts=json.loads(artifacts.read_text()) if artifacts.exists() else {},
+        )
         if evaluate_on:  # baselines score themselves with the evaluators' code, on their own run
-            reply["scores"] = self._score(result.adapter_dir, evaluate_on)
+            reply.scores = self._score(result.adapter_dir, evaluate_on)
         else:  # the main job's adapter goes to the evaluators; a baseline's (full weights, for GaLore) stays here
-            reply["adapter_files"] = read_adapter_files(result.adapter_dir)
+            reply.adapter_files = read_adapter_files(result.adapter_dir)
         _free_accelerator_memory(collect=True)
         return reply
 
@@ -116,8 +116,8 @@ class Trainer(_Worker):
 class RankEvaluator(_Worker):
     """Loads the base once, then scores many ranks by switching the active rank on one adapter."""
 
-    def __init__(self, config: dict, num_cpus: float):
-        super().__init__(config, num_cpus)
+    def __init__(self, job: JobConfig, num_cpus: float):
+        super().__init__(job, num_cpus)
         from evaluators.session import EvalSession
 
         self.session = EvalSession(self.cfg)
@@ -132,22 +132,22 @@ class RankEvaluator(_Worker):
             _free_accelerator_memory(collect=True)
 
     def evaluate_rank(self, rank: int, split: str, key: str, files_ref: list, generate: bool = False,
-                      intervals: bool = False) -> dict:
+                      intervals: bool = False) -> EvalResult:
         self._ensure_adapter(key, files_ref)
         started = time.time()
-        row = {"rank": rank, **self.session.score(split, rank=rank, generate=generate, intervals=intervals)}
-        row.update(start=started, end=time.time(), seconds=time.time() - started, **_placement())
+        scores = self.session.score(split, rank=rank, generate=generate, intervals=intervals)
+        result = EvalResult(rank, scores, _placement(), started, time.time())
         _free_accelerator_memory()
-        return row
+        return result
 
-    def evaluate_base(self, split: str, generate: bool = False) -> dict:
+    def evaluate_base(self, split: str, generate: bool = False) -> EvalResult:
         started = time.time()
-        row = self.session.score(split, rank=None, generate=generate)
-        row.update(start=started, end=time.time(), seconds=time.time() - started, **_placement())
-        return row
+        scores = self.session.score(split, rank=None, generate=generate)
+        return EvalResult(None, scores, _placement(), started, time.time())
 
-    def stats(self) -> dict:
-        return {"base_loads": self.session.base_loads, **_placement()}
+    def base_loads(self) -> tuple[str, int]:
+        """(actor id, how many times it loaded the base): 1 however many ranks it scored."""
+        return _placement().actor_id, self.session.base_loads
 
 
 def actor_options(cfg, role: str) -> dict:

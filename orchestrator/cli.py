@@ -19,10 +19,25 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> 
                         help="override a config field, e.g. --set training.lr=1e-4 (repeatable)")
 
 
+def _add_tracking_uri(parser: argparse.ArgumentParser, what: str = "") -> None:
+    parser.add_argument("--tracking-uri", help=f"MLflow store{what} (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+
+
+def _add_storage(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", help="Optuna storage (default: ./optuna.db)")
+
+
+def _add_out(parser: argparse.ArgumentParser, default: str | None = None, default_text: str | None = None) -> None:
+    """--out FOLDER: required where there is no default."""
+    shown = default_text or (f"./{default}" if default else None)
+    parser.add_argument("--out", default=default, required=default is None and default_text is None,
+                        help="output folder" + (f" (default {shown})" if shown else ""))
+
+
 def cmd_check(args) -> int:
     cfg = load_config(args.config, args.overrides)
     print(cfg.to_yaml(), end="")
-    jobs = [f"{name} ({method})" for name, method, _, _ in cfg.baseline_jobs()]
+    jobs = [f"{job.name} ({job.method})" for job in cfg.baseline_jobs()]
     print(f"# {args.config}: OK ({cfg.adapter.method}, ranks {cfg.eval_ranks()[0]}..{cfg.eval_ranks()[-1]})"
           + (f"; baseline jobs: {', '.join(jobs)}" if jobs else ""), file=sys.stderr)
     return 0
@@ -96,17 +111,19 @@ def _print_result(result) -> None:
 
 
 def cmd_run(args) -> int:
+    from dashboards.summary import write_pipeline_outputs
     from orchestrator.pipeline import run_pipeline
 
     cfg = load_config(args.config, args.overrides)
-    _print_result(run_pipeline(cfg, on_event=_print_event))
+    _print_result(run_pipeline(cfg, on_event=_print_event, write_outputs=write_pipeline_outputs))
     return 0
 
 
 def cmd_resume(args) -> int:
+    from dashboards.summary import write_pipeline_outputs
     from orchestrator.pipeline import resume_pipeline
 
-    result = resume_pipeline(args.run_id, args.tracking_uri, on_event=_print_event)
+    result = resume_pipeline(args.run_id, args.tracking_uri, on_event=_print_event, write_outputs=write_pipeline_outputs)
     if result is None:
         print(f"pipeline {args.run_id} already finished; nothing to do")
     else:
@@ -183,7 +200,7 @@ def _adapter_from_run(run_id: str, tracking_uri: str | None) -> Path:
 
 
 def cmd_export(args) -> int:
-    from trainers.qdylora import export_rank
+    from trainers.methods.qdylora import export_rank
 
     source = Path(args.source)
     if source.exists():
@@ -242,27 +259,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="one training run, locally (no Ray)")
     _add_config_args(p, required=False)
-    p.add_argument("--out", help="output folder (default runs/NAME-TIMESTAMP)")
+    _add_out(p, default_text="runs/NAME-TIMESTAMP")
     p.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("report", help="a self-contained HTML report (and PNGs) of a pipeline run or a study")
     p.add_argument("target", help="a pipeline run id, a study run id, or a study name")
-    p.add_argument("--tracking-uri", help="MLflow store (default: the study's, MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    p.add_argument("--storage", help="Optuna storage of the study (default: ./optuna.db)")
-    p.add_argument("--out", default="reports", help="output folder (default ./reports)")
+    _add_tracking_uri(p, " (for a study: the one its driver recorded)")
+    _add_storage(p)
+    _add_out(p, default="reports")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("ui", help="the MLflow UI and optuna-dashboard on 127.0.0.1; Ctrl-C stops both")
-    p.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    p.add_argument("--storage", help="Optuna storage (default: ./optuna.db)")
+    _add_tracking_uri(p)
+    _add_storage(p)
     p.add_argument("--mlflow-port", type=int, default=5000, help="default 5000, or a free one if taken")
     p.add_argument("--optuna-port", type=int, default=8080, help="default 8080, or a free one if taken")
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("resume", help="finish an interrupted pipeline; nothing is redone or recorded twice")
     p.add_argument("run_id", help="the pipeline's MLflow parent run id")
-    p.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    _add_tracking_uri(p)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("models", help="registered models: list them, or fetch one into the cache")
@@ -273,16 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="build an offline data set into train/validation/test JSONL in the cache")
     p.add_argument("action", choices=["build"])
     p.add_argument("name", help="countries or wordnet")
-    p.add_argument("--out", help="output folder (default: the cache)")
+    _add_out(p, default_text="the cache")
     p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
     p.add_argument("--max-records", type=int, help="wordnet: cap on records (0: all)")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("export", help="write a standard PEFT adapter for one rank")
     p.add_argument("source", help="a dyrank train folder, or an MLflow pipeline run id")
-    p.add_argument("--tracking-uri", help="MLflow store, when SOURCE is a run id")
+    _add_tracking_uri(p, ", when SOURCE is a run id")
     p.add_argument("--rank", type=int, required=True)
-    p.add_argument("--out", required=True)
+    _add_out(p)
     p.set_defaults(func=cmd_export)
     return parser
 

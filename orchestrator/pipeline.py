@@ -5,10 +5,10 @@ Stages, in the order `Pipeline.run` calls them:
                 baselines.methods), launched together; a baseline scores itself once, at its rank
   2. evaluators a pool that loads the base while training runs and scores the base model (zero-shot)
   3. sweep      the QDyLoRA adapter fans out: every rank scored on validation, results streamed back
-  4. select     the policy picks a rank on validation; the selected rank and baselines are scored on test
-  5. summarize  parent metrics, plot, CSV and the summary table
-The driver is MLflow's only writer. A child run is created when its result is in, so a resumed pipeline
-(`dyrank resume`) finds finished work as finished runs and never records anything twice.
+  4. select     the policy picks a rank on validation; the selected rank is scored on test
+  5. summarize  parent metrics; the result's rows go back to the caller (the CLI draws table, CSV and plot)
+The driver is MLflow's only writer; orchestrator/run_records.py keeps the child runs, so a resumed
+pipeline (`dyrank resume`) finds finished work as finished runs and never records anything twice.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import math
 import os
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -26,132 +26,71 @@ import ray
 import yaml
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
-from dashboards.summary import cost_table, plot_ranks, summary_table, write_rank_csv
 from evaluators.selection import select_rank
-from orchestrator import ray_runtime
-from orchestrator.actors import RankEvaluator, Trainer, actor_options, read_adapter_files
+from orchestrator import ray_runtime, tags
+from orchestrator.actors import RankEvaluator, Trainer, actor_options, read_adapter_files, write_adapter_files
 from orchestrator.buffered_tracking import BufferedTracker
-from orchestrator.config import parse_config
+from orchestrator.config import Config, parse_config
 from orchestrator.errors import PipelineError
+from orchestrator.messages import EvalResult, JobKey, TrainingReply
+from orchestrator.provenance import provenance_tags
 from orchestrator.ray_runtime import in_ray_job
+from orchestrator.run_records import RunRecords
 from orchestrator.tracking import Tracker, check_reachable, open_run, resolve_tracking_uri
-from trainers.data import load_splits, split_fingerprint
+from trainers.datasets.splits import load_splits, split_fingerprint
 from trainers.paths import cache_dir
 
-TRAIN_SERIES = {"train_loss": "train_loss", "rank": "sampled_rank", "lr": "lr", "grad_norm": "grad_norm"}
-
-
-@dataclass
-class Recorded:
-    """A finished child run and its result row ({"rank": ..., metrics}), without reading MLflow back."""
-
-    run_id: str
-    row: dict
+ZEROSHOT = JobKey("zeroshot", None)
 
 
 @dataclass
 class PipelineResult:
+    """What a pipeline produced, as data: the caller decides how to show it."""
+
     parent_run_id: str
+    method: str  # the main training's method
+    metric: str  # the selection metric (validation)
     selected_rank: int
-    ranks: list[dict]
-    baselines: list[dict]
-    table: str
+    ranks: list[dict]  # one row per swept rank: {"rank", eval_* metrics, "seconds"}
+    baselines: list[dict]  # one row per baseline job: {"rank", "method", "job", scores and costs}
+    trained: dict  # the main training's row: {"rank", "method", costs}
+    zeroshot: dict  # the base model's validation scores
+    test_metrics: dict  # the selected rank on test
+    table: str = ""  # the summary table, when an outputs writer drew one
+    outputs: list[Path] = field(default_factory=list)  # what it wrote (logged under the parent's report/)
 
 
-def _metric_rows(lines: list[str]) -> list[dict]:
-    return [{TRAIN_SERIES.get(k, k): v for k, v in json.loads(line).items()} for line in lines]
-
-
-NOT_METRICS = {"rank", "start", "end", "pid"}  # placement and timestamps go to tags and run times
-COSTS = ("trainable_params", "adapter_bytes", "peak_memory_bytes", "device_seconds", "step_seconds")
-
-
-def _costs(reply: dict) -> dict:
-    """The cost metrics every training run carries, whatever its method (trainers.finetune.COST_KEYS)."""
-    return {k: reply["costs"][k] for k in COSTS if k in reply.get("costs", {})} or {"device_seconds": reply["device_seconds"]}
-
-
-def _scalars(row: dict) -> dict:
-    return {k: v for k, v in row.items()
-            if k not in NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+# Draws the pipeline's outputs (table, CSV, plot) into a folder and returns the table; the CLI passes dashboards'.
+OutputsWriter = Callable[[PipelineResult, Path], str]
 
 
 class Pipeline:
-    def __init__(self, cfg, tracker: Tracker, parent_id: str, on_event: Callable[[str, dict], None] | None = None,
-                 step_sink=None):
+    def __init__(self, cfg: Config, tracker: Tracker, parent_id: str, on_event: Callable[[str, dict], None] | None = None,
+                 step_sink=None, write_outputs: OutputsWriter | None = None):
         self.cfg, self.tracker, self.parent_id, self.step_sink = cfg, tracker, parent_id, step_sink
-        self.experiment_id = tracker.run(parent_id).info.experiment_id
+        self.write_outputs = write_outputs
         self.on_event = on_event or (lambda kind, payload: None)
         self.workdir = cache_dir("pipelines", parent_id)
-        self.config_dict = cfg.model_dump(mode="json")
+        self.job = cfg.job()
+        self.main_key = JobKey("train", cfg.adapter.full_rank)
+        self.baselines = {job.name: job for job in cfg.baseline_jobs()}  # validated once, with the config
+        self.records = RunRecords(tracker, tracker.run(parent_id).info.experiment_id, parent_id)
         self.actors: list = []
 
-    # ---- bookkeeping -----------------------------------------------------------------------------
-    def _load_existing(self) -> None:
-        """Child runs an earlier driver recorded, by (kind, rank), baselines by (kind, job name). FINISHED
-        ones are done work; a RUNNING one (the driver died while writing it) is reused rather than
-        duplicated; a FAILED one is kept as the record of that failure."""
-        self.existing, self.done = {}, {}
-        for run in self.tracker.children(self.parent_id):
-            rank = run.data.params.get("rank", run.data.tags.get("dyrank.rank"))  # the tag: a run whose params never landed
-            kind = run.data.tags.get("dyrank.kind")
-            key = (kind, run.info.run_name if kind == "baseline" else int(rank) if rank is not None else None)
-            self.existing[key] = run
-            if run.info.status == "FINISHED":
-                row = {"rank": int(rank) if rank is not None else None, **run.data.metrics}
-                if kind == "baseline":
-                    row.update(method=run.data.params.get("method"), job=run.info.run_name)
-                self.done[key] = Recorded(run.info.run_id, row)
-
-    def _record(self, kind: str, rank: int | None, name: str, reply: dict, metrics: dict, series: list[dict] = (),
-                method: str | None = None):
-        """Create (or reuse, if an interrupted driver left it unfinished) the child run for one result;
-        baselines are keyed by their job name (two methods may share a rank)."""
-        key = (kind, name if kind == "baseline" else rank)
-        existing = self.existing.get(key)
-        if existing is not None and existing.info.status != "RUNNING":
-            existing = None
-        tags = {"dyrank.actor_id": reply.get("actor_id"), "dyrank.node_id": reply.get("node_id"),
-                "dyrank.gpu_ids": ",".join(reply.get("gpu_ids", []))}
-        method = method or {"zeroshot": "base"}.get(kind, self.cfg.adapter.method)
-        params = {"method": method}
-        if rank is not None:
-            # Also a tag, written with the run itself: a driver killed before the params were written
-            # leaves a run that `dyrank resume` still recognises (and completes) instead of duplicating.
-            params["rank"] = tags["dyrank.rank"] = rank
-        if existing is not None:
-            run_id = existing.info.run_id
-            self.tracker.set_tags(run_id, tags)
-        else:
-            run_id = self.tracker.create_run(self.experiment_id, kind, name, self.parent_id, None, tags, reply.get("start"))
-        if series:
-            self.tracker.log_series(run_id, series, TRAIN_SERIES.values())
-        self.tracker.log(run_id, params, metrics)  # on a reused run: the same values again, which MLflow accepts
-        self.tracker.finish(run_id, reply.get("end"))
-        row = {"rank": rank, **metrics}
-        if kind == "baseline":
-            row.update(method=method, job=name)
-        self.done[key] = Recorded(run_id, row)
-        return run_id
-
     # ---- 1. trainers -----------------------------------------------------------------------------
-    def launch_trainers(self) -> dict:
-        """Start every unfinished training job at once; Ray runs them in parallel as resources allow.
-        Keys: ("train", rank) for the main job, ("baseline", job name) for the others."""
+    def launch_trainers(self) -> dict[JobKey, tuple]:
+        """Start every unfinished training job at once; Ray runs them in parallel as resources allow."""
+        wanted = [(self.main_key, "train", self.job)]
+        wanted += [(JobKey("baseline", name), f"baseline-{name}", job.config) for name, job in self.baselines.items()]
         jobs = {}
-        wanted = [("train", self.cfg.adapter.full_rank, "train", self.config_dict)]
-        self.job_specs = {name: (method, rank) for name, method, rank, _ in self.cfg.baseline_jobs()}
-        wanted += [("baseline", name, f"baseline-{name}", job) for name, _, _, job in self.cfg.baseline_jobs()]
-        for kind, key, job, job_config in wanted:
-            if (kind, key) in self.done:
+        for key, folder, job in wanted:
+            if key in self.records:
                 continue
             options = actor_options(self.cfg, "trainer")
-            actor = Trainer.options(name=f"Trainer-{self.parent_id[:12]}-{job}", **options).remote(
-                job_config, options["num_cpus"])
+            actor = Trainer.options(name=f"Trainer-{self.parent_id[:12]}-{folder}", **options).remote(job, options["num_cpus"])
             self.actors.append(actor)
-            out = self.workdir / job
-            evaluate_on, sink = (("validation", "test"), None) if kind == "baseline" else ((), self.step_sink)
-            jobs[(kind, key)] = (actor, actor.train.remote(str(out), evaluate_on, sink))
+            evaluate_on, sink = (("validation", "test"), None) if key.kind == "baseline" else ((), self.step_sink)
+            jobs[key] = (actor, actor.train.remote(str(self.workdir / folder), evaluate_on, sink))
         return jobs
 
     def _release(self, actor) -> None:
@@ -159,18 +98,17 @@ class Pipeline:
         ray.kill(actor, no_restart=True)
         self.actors.remove(actor)
 
-    def _finish_baseline(self, key: tuple, baseline_jobs: dict) -> None:
+    def _finish_baseline(self, key: JobKey, baseline_jobs: dict) -> None:
         """Record a finished baseline job and give its trainer's resources back."""
         actor, ref = baseline_jobs.pop(key)
-        self.record_baseline(key[1], self._get(ref, "baseline", self.job_specs[key[1]][1]))
+        self.record_baseline(key.id, self._get(ref, "baseline", self.baselines[key.id].rank))
         self._release(actor)
 
     def finish_training(self, job, baseline_jobs: dict) -> tuple[str, object]:
-        """Wait for the QDyLoRA training, record it, and put its adapter in the object store.
+        """Wait for the main training, record it, and put its adapter in the object store.
         The adapter is logged before the run is marked FINISHED, so a finished run always has one.
         Baselines that finish first are recorded and their GPUs freed meanwhile: with fewer cards than
-        trainers, the QDyLoRA trainer may be waiting for one of theirs."""
-        rank = self.cfg.adapter.full_rank
+        trainers, the main trainer may be waiting for one of theirs."""
         if job is None:  # finished before an interruption: the adapter is in MLflow
             files = read_adapter_files(self.tracker.download(self.parent_id, "adapter", self.workdir / "downloaded"))
         else:
@@ -180,17 +118,15 @@ class Pipeline:
                 if first == ref:
                     break
                 self._finish_baseline(next(k for k, (_, r) in baseline_jobs.items() if r == first), baseline_jobs)
-            reply = self._get(ref, "train", rank)
+            reply: TrainingReply = self._get(ref, "train", self.main_key.id)
             self._release(actor)
-            files = reply.pop("adapter_files")
-            folder = self.workdir / "adapter"
-            folder.mkdir(exist_ok=True)
-            for name, data in files.items():
-                (folder / name).write_bytes(data)
-            self.tracker.log_artifact(self.parent_id, folder, "adapter")
-            metrics = {**_costs(reply), "final_train_loss": reply["final_loss"], "resumed_from_step": reply["resumed_from"]}
-            self._record("train", rank, "qdylora-train", reply, metrics, _metric_rows(reply["metrics"]))
-            self.on_event("trained", reply)
+            files = reply.adapter_files
+            self.tracker.log_artifact(self.parent_id, write_adapter_files(files, self.workdir / "adapter"), "adapter")
+            metrics = {**reply.costs.metrics(), "final_train_loss": reply.final_loss, "resumed_from_step": reply.resumed_from}
+            method = self.cfg.adapter.method
+            self.records.record(self.main_key, f"{method}-train", method, self.main_key.id, reply.placement, reply.start,
+                                reply.end, metrics, reply.step_rows)
+            self.on_event("trained", {"device_seconds": reply.costs.device_seconds, "steps": reply.steps})
         return f"{self.parent_id}-adapter", ray.put(files)
 
     def _get(self, ref, kind: str, rank: int | None):
@@ -198,9 +134,7 @@ class Pipeline:
             return ray.get(ref)
         except (RayTaskError, RayActorError) as exc:
             reason = str(exc).strip().splitlines()[-1][:2000] if str(exc).strip() else type(exc).__name__
-            run_id = self.tracker.create_run(self.experiment_id, kind, f"{kind}-failed", self.parent_id,
-                                             {"rank": rank} if rank is not None else None)
-            self.tracker.fail(run_id, reason)
+            self.records.record_failure(kind, rank, reason)
             raise PipelineError(f"{kind} (rank {rank}) failed: {reason}") from None
 
     # ---- 2. evaluators ---------------------------------------------------------------------------
@@ -219,31 +153,36 @@ class Pipeline:
 
     def start_evaluators(self, n: int) -> list:
         options = actor_options(self.cfg, "evaluator")
-        pool = [RankEvaluator.options(name=self.evaluator_name(i), **options).remote(self.config_dict, options["num_cpus"])
+        pool = [RankEvaluator.options(name=self.evaluator_name(i), **options).remote(self.job, options["num_cpus"])
                 for i in range(n)]
         self.actors += pool
         return pool
 
     # ---- 3. sweep --------------------------------------------------------------------------------
-    def record_baseline(self, name: str, reply: dict) -> None:
+    def record_baseline(self, name: str, reply: TrainingReply) -> None:
         """One baseline job's run: params method and rank, its scores and costs, its method's records."""
-        reply.pop("adapter_files", None)
-        method, rank = self.job_specs[name]
-        metrics = {**reply["scores"], **_costs(reply), "final_train_loss": reply["final_loss"]}
-        run_id = self._record("baseline", rank, name, reply, metrics, _metric_rows(reply["metrics"]), method=method)
-        for artifact, data in reply.get("artifacts", {}).items():
+        job = self.baselines[name]
+        metrics = {**reply.scores, **reply.costs.metrics(), "final_train_loss": reply.final_loss}
+        run_id = self.records.record(JobKey("baseline", name), name, job.method, job.rank, reply.placement,
+                                     reply.start, reply.end, metrics, reply.step_rows)
+        for artifact, data in reply.artifacts.items():
             self.tracker.log_text(run_id, json.dumps(data, indent=2), f"{artifact}.json")  # buffered, like every write
+
+    def _record_eval(self, result: EvalResult) -> None:
+        key = JobKey("eval", result.rank) if result.rank is not None else ZEROSHOT
+        name, method = (f"rank-{result.rank}", self.cfg.adapter.method) if result.rank is not None else ("zeroshot", "base")
+        self.records.record(key, name, method, result.rank, result.placement, result.start, result.end, result.metrics())
 
     def sweep(self, pool: list, adapter_key: str, files_ref, baseline_jobs: dict, zeroshot_ref=None) -> list[dict]:
         """Spread the unrecorded ranks over the pool and record each result the moment it arrives;
         baselines still training and the zero-shot score are collected in the same loop, so no finished
         work waits on another. (Waiting for the zero-shot score first could deadlock: its evaluator may be
         waiting for the GPU a finished baseline trainer holds until its result is collected here.)"""
-        results = {rank: done.row for (kind, rank), done in self.done.items() if kind == "eval"}
+        results = self.records.rows("eval")
         pending = deque(r for r in self.cfg.eval_ranks() if r not in results)
         # An evaluator gets work only once it is up: one still waiting for resources would sit on it.
-        waiting = {a.stats.remote(): ("ready", a, None) for a in pool}
-        waiting.update({ref: ("baseline", actor, name) for (_, name), (actor, ref) in baseline_jobs.items()})
+        waiting = {a.base_loads.remote(): ("ready", a, None) for a in pool}
+        waiting.update({ref: ("baseline", actor, key.id) for key, (actor, ref) in baseline_jobs.items()})
         if zeroshot_ref is not None:
             waiting[zeroshot_ref] = ("zeroshot", pool[0], None)
         idle, failures, alive = [], Counter(), len(pool)
@@ -256,14 +195,13 @@ class Pipeline:
             [ref], _ = ray.wait(list(waiting), num_returns=1)
             what, actor, rank = waiting.pop(ref)
             if what == "baseline":  # `rank` holds the job's name here
-                self._finish_baseline(("baseline", rank), baseline_jobs)
+                self._finish_baseline(JobKey("baseline", rank), baseline_jobs)
                 continue
             if what == "zeroshot":
-                reply = self._get(ref, "zeroshot", None)
-                self._record("zeroshot", None, "zeroshot", reply, _scalars(reply))
+                self._record_eval(self._get(ref, "zeroshot", None))
                 continue
             try:
-                row = ray.get(ref)
+                result = ray.get(ref)
             except (RayActorError, RayTaskError) as exc:
                 if isinstance(exc, ActorDiedError):
                     alive -= 1  # restarts used up; its work goes to the others
@@ -278,70 +216,67 @@ class Pipeline:
             idle.append(actor)
             if what == "ready" or rank in results:  # a duplicate from a retry: the first result stands
                 continue
-            self._record("eval", rank, f"rank-{rank}", row, _scalars(row))
-            results[rank] = row
-            self.on_event("eval", row)
+            self._record_eval(result)
+            results[rank] = result.row()
+            self.on_event("eval", results[rank])
         return [results[r] for r in sorted(results)]
 
     # ---- the whole thing -------------------------------------------------------------------------
     def run(self) -> PipelineResult:
-        self._load_existing()
+        self.records.load()
         cfg = self.cfg
         started = time.time()
         jobs = self.launch_trainers()
-        ranks_to_do = cfg.eval_ranks()
-        pool = self.start_evaluators(self.pool_size(len(ranks_to_do)))
+        pool = self.start_evaluators(self.pool_size(len(cfg.eval_ranks())))
 
-        zeroshot_ref = None
-        if ("zeroshot", None) not in self.done:
-            zeroshot_ref = pool[0].evaluate_base.remote("validation")
-        baseline_jobs = {key: job for key, job in jobs.items() if key[0] == "baseline"}
-        adapter_key, files_ref = self.finish_training(jobs.get(("train", cfg.adapter.full_rank)), baseline_jobs)
+        zeroshot_ref = None if ZEROSHOT in self.records else pool[0].evaluate_base.remote("validation")
+        baseline_jobs = {key: job for key, job in jobs.items() if key.kind == "baseline"}
+        adapter_key, files_ref = self.finish_training(jobs.get(self.main_key), baseline_jobs)
         ranks = self.sweep(pool, adapter_key, files_ref, baseline_jobs, zeroshot_ref)
-        zeroshot = self.done[("zeroshot", None)].row
-        baselines = [self.done[("baseline", name)].row for name, *_ in cfg.baseline_jobs()]
 
         s = cfg.selection
         selected = select_rank(ranks, s.metric, s.policy, s.tolerance, s.greater_is_better)
-        test = ray.get(pool[0].evaluate_rank.remote(selected["rank"], "test", adapter_key, [files_ref], True, True))
-        test_metrics = {k: v for k, v in test.items() if k.startswith("test_")}
-        self.tracker.log_metrics(self.done[("eval", selected["rank"])].run_id, test_metrics)
-        stats = ray.get([a.stats.remote() for a in pool])
-        self.tracker.set_tags(self.parent_id, {"dyrank.evaluator_base_loads": json.dumps(
-            {s["actor_id"]: s["base_loads"] for s in stats})})
-        return self.summarize(ranks, baselines, selected, test_metrics, zeroshot, started)
+        test: EvalResult = ray.get(pool[0].evaluate_rank.remote(selected["rank"], "test", adapter_key, [files_ref], True, True))
+        test_metrics = {k: v for k, v in test.scores.items() if k.startswith("test_")}
+        self.tracker.log_metrics(self.records[JobKey("eval", selected["rank"])].run_id, test_metrics)
+        loads = dict(ray.get([a.base_loads.remote() for a in pool]))
+        self.tracker.set_tags(self.parent_id, {tags.EVALUATOR_BASE_LOADS_TAG: json.dumps(loads)})
+        return self.summarize(ranks, selected, test_metrics, started)
 
     # ---- 5. summarize ----------------------------------------------------------------------------
-    def summarize(self, ranks, baselines, selected, test_metrics, zeroshot, started) -> PipelineResult:
+    def summarize(self, ranks: list[dict], selected: dict, test_metrics: dict, started: float) -> PipelineResult:
         metric = self.cfg.selection.metric
-        best_baseline = min(baselines, key=lambda b: b[metric]) if baselines else None
+        baselines = [self.records[JobKey("baseline", name)].row for name in self.baselines]
+        zeroshot = self.records[ZEROSHOT].row
+        trained = {"method": self.cfg.adapter.method, **self.records[self.main_key].row}
         parent = {
             "best_rank": selected["rank"], f"best_{metric}": selected[metric],
-            "train_device_seconds": self.done[("train", self.cfg.adapter.full_rank)].row["device_seconds"],
+            "train_device_seconds": trained["device_seconds"],
             "baseline_device_seconds": sum(b.get("device_seconds", 0.0) for b in baselines),
             "eval_device_seconds": sum(r.get("seconds", 0.0) for r in ranks),
             "pipeline_wall_seconds": time.time() - started,
             **{f"selected_{k}": v for k, v in test_metrics.items()},
             **{f"zeroshot_{k}": v for k, v in zeroshot.items() if k.startswith("eval_")},
         }
+        best_baseline = min(baselines, key=lambda b: b[metric]) if baselines else None
         if best_baseline is not None:
             parent[f"best_baseline_{metric}"] = best_baseline[metric]
             parent["best_baseline_rank"] = best_baseline["rank"]
-            self.tracker.set_tags(self.parent_id, {"dyrank.best_baseline": best_baseline.get("job", "")})
+            self.tracker.set_tags(self.parent_id, {tags.BEST_BASELINE_TAG: best_baseline.get("job", "")})
             parent[f"{metric}_minus_best_baseline"] = selected[metric] - best_baseline[metric]
             for b in baselines:
                 job = b["job"].replace("-", "_").replace(".", "_")
                 parent.update({f"{job}_{k}": v for k, v in b.items() if k.startswith("test_")})
         self.tracker.log_metrics(self.parent_id, parent)
-        out = self.workdir / "report"
-        out.mkdir(exist_ok=True)
-        plot_ranks(ranks, baselines, selected["rank"], out / "rank_vs_metric.png", metric, zeroshot)
-        write_rank_csv(ranks, baselines, out / "ranks.csv")
-        trained = {"method": self.cfg.adapter.method, **self.done[("train", self.cfg.adapter.full_rank)].row}
-        table = summary_table(ranks, baselines, selected["rank"], metric, self.cfg.adapter.method) + "\n\n" + cost_table([trained, *baselines])
-        (out / "summary.txt").write_text(table + "\n")
-        self.tracker.log_artifact(self.parent_id, out, "report")
-        return PipelineResult(self.parent_id, selected["rank"], ranks, baselines, table)
+        result = PipelineResult(self.parent_id, self.cfg.adapter.method, metric, selected["rank"], ranks, baselines,
+                                trained, zeroshot, test_metrics)
+        if self.write_outputs is not None:
+            folder = self.workdir / "report"
+            folder.mkdir(exist_ok=True)
+            result.table = self.write_outputs(result, folder)
+            result.outputs = sorted(p for p in folder.iterdir() if p.is_file())
+            self.tracker.log_artifact(self.parent_id, folder, "report")
+        return result
 
     def shutdown(self) -> None:
         for actor in self.actors:
@@ -375,18 +310,19 @@ def _preflight(cfg) -> tuple[Tracker, dict]:
     return Tracker(uri), fingerprints
 
 
-def _execute(cfg, tracker: Tracker, parent_id: str, on_event, step_sink=None) -> PipelineResult:
+def _execute(cfg, tracker: Tracker, parent_id: str, on_event, step_sink=None,
+             write_outputs: OutputsWriter | None = None) -> PipelineResult:
     pipeline = None
     tracker = BufferedTracker(tracker, cfg.tracking.max_outage_seconds)  # a tracking outage pauses recording, not work
     try:
         ray_runtime.connect(cfg.resources.ray_address)
-        pipeline = Pipeline(cfg, tracker, parent_id, on_event, step_sink)
+        pipeline = Pipeline(cfg, tracker, parent_id, on_event, step_sink, write_outputs)
         result = pipeline.run()
         tracker.finish(parent_id)
         tracker.flush()  # success only once every result is in the store
         return result
     except KeyboardInterrupt:
-        tracker.set_tags(parent_id, {"dyrank.failure_reason": f"interrupted; continue with: dyrank resume {parent_id}"})
+        tracker.set_tags(parent_id, {tags.FAILURE_TAG: f"interrupted; continue with: dyrank resume {parent_id}"})
         tracker.terminate(parent_id, "KILLED")
         raise
     except Exception as exc:
@@ -398,26 +334,28 @@ def _execute(cfg, tracker: Tracker, parent_id: str, on_event, step_sink=None) ->
         tracker.close()
 
 
-def run_pipeline(cfg, on_event=None, *, nest_under: str | None = None, tags: dict | None = None,
-                 step_sink=None) -> PipelineResult:
-    """nest_under: a run (an Optuna study's) this pipeline's run is nested under; tags: extra tags on it;
-    step_sink: sees the QDyLoRA training's per-step metrics and may stop it (see Trainer.train)."""
+def run_pipeline(cfg: Config, on_event=None, *, nest_under: str | None = None, run_tags: dict | None = None,
+                 step_sink=None, write_outputs: OutputsWriter | None = None) -> PipelineResult:
+    """nest_under: a run (an Optuna study's) this pipeline's run is nested under; run_tags: extra tags on it;
+    step_sink: sees the main training's per-step metrics and may stop it (see Trainer.train);
+    write_outputs: draws the summary table, CSV and plot (the CLI passes dashboards')."""
     on_event = on_event or (lambda kind, payload: None)
     tracker, fingerprints = _preflight(cfg)
     experiment = tracker.experiment_id(cfg.tracking.experiment or cfg.name)
     parent_id = tracker.create_run(experiment, "pipeline", cfg.name, nest_under,
                                    params={**cfg.model_dump(mode="json"), **fingerprints},
-                                   tags={"dyrank.config_name": cfg.name, **(tags or {})})
+                                   tags={tags.CONFIG_NAME_TAG: cfg.name, **provenance_tags(), **(run_tags or {})})
     tracker.client.log_text(parent_id, cfg.to_yaml(), "config.yaml")
     on_event("started", {"parent_run_id": parent_id, "tracking_uri": tracker.uri})
-    return _execute(cfg, tracker, parent_id, on_event, step_sink)
+    return _execute(cfg, tracker, parent_id, on_event, step_sink, write_outputs)
 
 
-def resume_pipeline(parent_id: str, tracking_uri: str | None = None, on_event=None) -> PipelineResult | None:
+def resume_pipeline(parent_id: str, tracking_uri: str | None = None, on_event=None,
+                    write_outputs: OutputsWriter | None = None) -> PipelineResult | None:
     """Finish an interrupted pipeline: recorded work is kept, the rest is done once. None if it had finished."""
     on_event = on_event or (lambda kind, payload: None)
     tracker, parent = open_run(parent_id, tracking_uri)
-    if parent.data.tags.get("dyrank.kind") != "pipeline":
+    if parent.data.tags.get(tags.KIND_TAG) != "pipeline":
         raise PipelineError(f"run {parent_id} is not a dyrank pipeline run")
     if parent.info.status == "FINISHED":
         return None
@@ -426,4 +364,4 @@ def resume_pipeline(parent_id: str, tracking_uri: str | None = None, on_event=No
     _preflight(cfg)
     tracker.client.update_run(parent_id, status="RUNNING")
     on_event("started", {"parent_run_id": parent_id, "tracking_uri": tracker.uri})
-    return _execute(cfg, tracker, parent_id, on_event)
+    return _execute(cfg, tracker, parent_id, on_event, write_outputs=write_outputs)

@@ -2,7 +2,8 @@
 config whose actors cannot fit the GPU memory it declares (resources.gpu_memory_gb or a gpu_<N>gb resource).
 
 Only the model's config.json is read; the estimate itself is trainers.memory_estimate (exact parameter counts from an
-empty-weight model, bytes per parameter as the recipe stores them, activations per token).
+empty-weight model, bytes per parameter as the recipe stores them, activations per token), with each method's own
+terms (`estimate_memory` of its training class).
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.errors import PipelineError
-from trainers.memory_estimate import (GIB, MemoryEstimate, estimate_evaluation, estimate_galore, estimate_training,
-                                      model_shape)
-from trainers.models import base_dtype, resolve_base, resolve_compute_dtype
+from trainers.memory_estimate import GIB, MemoryEstimate, estimate_evaluation, model_shape
+from trainers.methods import make_trainer
+from trainers.models import resolve_base, resolve_compute_dtype
 
 
 @dataclass(frozen=True)
@@ -26,31 +27,17 @@ class ActorPlan:
         return self.budget_gb is None or self.gpus == 0 or self.estimate.total <= self.budget_gb * GIB
 
 
-def _estimate_job(job, shape, role: str) -> MemoryEstimate:
-    """One training job (the main one or a baseline), on the base and with the optimizer its method uses."""
-    a, q, t = job.adapter, job.quantization, job.training
-    compute = resolve_compute_dtype(q.compute_dtype)
-    common = dict(batch=t.batch_size, seq=job.data.max_seq_len, role=role)
-    if a.method.startswith("galore"):
-        return estimate_galore(shape, rank=a.galore.rank, base_dtype=base_dtype(job) or compute,
-                               eight_bit=a.method == "galore8bit", **common)
-    rank = a.adalora.init_r if a.method == "adalora" else a.full_rank  # AdaLoRA starts at init_r and prunes
-    return estimate_training(shape, rank=rank, load_in_4bit=q.load_in_4bit, compute_dtype=compute,
-                             base_dtype=base_dtype(job), double_quant=q.double_quant, optimizer=t.optimizer,
-                             gradient_checkpointing=t.gradient_checkpointing, **common)
-
-
 def plan(cfg) -> list[ActorPlan]:
     """One entry per kind of actor the pipeline starts: the main trainer, each baseline job, an evaluator."""
     from transformers import AutoConfig
 
-    from orchestrator.config import Config
-
     a, q, r = cfg.adapter, cfg.quantization, cfg.resources
     model_config = AutoConfig.from_pretrained(resolve_base(cfg.model.source), trust_remote_code=cfg.model.trust_remote_code)
     shape = model_shape(model_config, a.target_modules)
-    trainers = [_estimate_job(cfg, shape, f"trainer {a.method} r{a.full_rank}")]
-    trainers += [_estimate_job(Config.model_validate(job), shape, f"trainer {name}") for name, _, _, job in cfg.baseline_jobs()]
+    # each method estimates its own training (its base, optimizer and rank: trainers/methods/*)
+    trainers = [make_trainer(a.method).estimate_memory(shape, cfg, f"trainer {a.method} r{a.full_rank}")]
+    trainers += [make_trainer(job.method).estimate_memory(shape, job.config, f"trainer {job.name}")
+                 for job in cfg.baseline_jobs()]
     evaluator = estimate_evaluation(shape, rank=a.full_rank, batch=cfg.evaluation.batch_size, seq=cfg.data.max_seq_len,
                                     load_in_4bit=q.load_in_4bit, compute_dtype=resolve_compute_dtype(q.compute_dtype),
                                     dequantize=cfg.evaluation.dequantize_base, double_quant=q.double_quant)

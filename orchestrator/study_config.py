@@ -17,7 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from orchestrator.config import Config, ConfigError, PositiveInt, _format_errors, _Section, apply_overrides, load_config
+from orchestrator.config import Config, apply_overrides, load_config
+from trainers.config_base import ConfigError, PositiveInt, Section, format_validation_errors
 
 # Parent-run metrics of a pipeline an objective may name (see Pipeline.summarize); `device_seconds` is
 # their sum over training, baselines and the rank sweep.
@@ -25,7 +26,7 @@ RUN_METRICS = ("best_rank", "device_seconds", "train_device_seconds", "baseline_
                "eval_device_seconds", "pipeline_wall_seconds")
 
 
-class ParamSpace(_Section):
+class ParamSpace(Section):
     type: Literal["int", "float", "categorical"] = Field(description="int / float (with log: true for a log scale) / categorical.")
     low: float | None = Field(None, description="int/float: smallest value.")
     high: float | None = Field(None, description="int/float: largest value.")
@@ -56,20 +57,20 @@ class ParamSpace(_Section):
         return {(json.dumps(c) if isinstance(c, (list, dict)) else c): c for c in self.choices or ()}
 
 
-class Objective(_Section):
+class Objective(Section):
     metric: str = Field(description="A pipeline parent-run metric: best_<selection.metric> (the selected rank's "
                         "validation value), best_rank, device_seconds (train + baselines + sweep), "
                         "train_device_seconds, ..., or selected_test_* .")
     direction: Literal["minimize", "maximize"] = Field("minimize", description="Better is lower or higher.")
 
 
-class SamplerConfig(_Section):
+class SamplerConfig(Section):
     type: Literal["tpe", "random", "nsgaii", "qmc"] = Field("tpe", description="Optuna sampler; TPE handles single and multi-objective.")
     seed: int | None = Field(0, description="Sampler seed: the same study file proposes the same trials.")
     n_startup_trials: PositiveInt = Field(10, description="tpe: random trials before the model takes over.")
 
 
-class PrunerConfig(_Section):
+class PrunerConfig(Section):
     type: Literal["median", "percentile", "hyperband", "threshold", "none"] | None = Field(
         None, description="Stops trials whose training loss lags (single-objective only: Optuna's pruners do "
         "not support multi-objective studies). Default: median for one objective, none for several.")
@@ -81,7 +82,7 @@ class PrunerConfig(_Section):
                                          "(a QDyLoRA step's loss depends on its sampled rank).")
 
 
-class StudyConfig(_Section):
+class StudyConfig(Section):
     name: str = Field(min_length=1, description="Optuna study name; running the same study again resumes it.")
     pipeline: Config = Field(description="The base pipeline config (a mapping, or a YAML path relative to the study file).")
     pipeline_set: list[str] = Field(default_factory=list, description="KEY=VALUE changes to the base pipeline, "
@@ -169,7 +170,7 @@ def _check_space(cfg: StudyConfig, source: str) -> None:
             try:
                 Config.model_validate(raw)
             except ValidationError as exc:
-                first = _format_errors("", exc).splitlines()[1].strip()
+                first = format_validation_errors("", exc).splitlines()[1].strip()
                 raise ConfigError(f"{source}: search_space.{key}: value {point!r} is not accepted: {first}") from None
 
 
@@ -193,6 +194,6 @@ def load_study_config(path: str | Path, overrides: list[str] | tuple[str, ...] =
     try:
         cfg = StudyConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(str(path), exc)) from None
+        raise ConfigError(format_validation_errors(str(path), exc)) from None
     _check_space(cfg, str(path))
     return cfg

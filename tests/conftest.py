@@ -16,6 +16,7 @@ import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_YAML = REPO / "examples" / "tiny.yaml"
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -47,10 +48,22 @@ def stop_at(step: int):
     return on_step
 
 
+PIPELINE_SECTIONS = ("selection", "baselines", "tracking", "resources")
+
+
 def tiny_config(*overrides: str):
+    """The tiny pipeline config (examples/tiny.yaml): for orchestrator tests."""
     from orchestrator.config import load_config
 
     return load_config(TINY_YAML, list(overrides))
+
+
+def tiny_job(*overrides: str):
+    """The tiny pipeline's training job alone (trainers.config.JobConfig): for trainer and evaluator tests,
+    which never import the orchestrator."""
+    from trainers.config import load_job_config
+
+    return load_job_config(TINY_YAML, list(overrides), ignore_sections=PIPELINE_SECTIONS)
 
 
 from tests.study_fixture import tiny_study  # noqa: E402,F401  (session fixture: the study, report and UI tests share one study)

@@ -1,10 +1,11 @@
-"""Attach a LoRA-family adapter to a loaded base: PEFT's LoRA for both methods, made dynamic for qdylora."""
+"""What the PEFT-based methods share: QLoRA's preparation of the base, attaching a LoRA, finding its layers."""
 
 from __future__ import annotations
 
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from peft.tuners.lora import LoraLayer
 
-from trainers.qdylora import attach_dynamic_rank, set_active_rank
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's file name for an adapter's weights
 
 
 def is_quantized(model) -> bool:
@@ -23,19 +24,24 @@ def prepare_base(model, gradient_checkpointing: bool = True):
     return model
 
 
-def attach_lora(
-    model, *, rank: int, alpha: float, dropout: float, target_modules, dynamic: bool,
-    update_mode: str = "cumulative", gradient_checkpointing: bool = True,
-):
-    """QLoRA recipe on a k-bit base, then a rank-`rank` LoRA on the targets; with `dynamic`, every LoRA
-    layer becomes rank-truncatable and starts at full rank."""
+def attach_lora(model, *, rank: int, alpha: float, dropout: float, target_modules, dynamic: bool = False,
+                update_mode: str = "cumulative", gradient_checkpointing: bool = True, **lora_options):
+    """QLoRA recipe on a k-bit base, then a rank-`rank` PEFT LoRA on the targets (extra LoraConfig options pass
+    through, e.g. use_rslora); with `dynamic`, every LoRA layer becomes rank-truncatable (QDyLoRA) at full rank."""
     model = prepare_base(model, gradient_checkpointing)
-    config = LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-        bias="none", task_type="CAUSAL_LM",
-    )
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        bias="none", task_type="CAUSAL_LM", **lora_options)
     peft_model = get_peft_model(model, config)
     if dynamic:
+        from trainers.methods.qdylora.model import attach_dynamic_rank, set_active_rank  # it builds on this module
+
         attach_dynamic_rank(peft_model, update_mode=update_mode)
         set_active_rank(peft_model, rank)
     return peft_model
+
+
+def lora_layers(model, adapter: str = "default"):
+    """Every PEFT LoRA layer of `model` that holds `adapter`."""
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            yield module

@@ -4,8 +4,8 @@ bitlora, galore, galore8bit); a method changes only what its verbs do (attach, o
 Read top to bottom: setup (base, method, data, optimizer), train (for the dynamic methods one sampled rank
 per optimizer step, shared by all its micro-batches), save (weights, metrics), with checkpoints along the
 way. Every run records the same costs: trainable parameters, bytes saved, peak memory, device seconds and
-seconds per step (trainers/memory.py says how memory is measured on each device). It takes the
-config object from the orchestrator but imports nothing from it, nor Ray or MLflow: progress reaches
+seconds per step (trainers/memory.py says how memory is measured on each device). It reads a
+`trainers.config.JobConfig` and imports nothing from the orchestrator, Ray or MLflow: progress reaches
 callers through `on_step`, so a Ray actor can forward it and a bare GPU box can just print it.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,16 +23,18 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from trainers import checkpoint as ckpt
-from trainers.data import BatchSchedule, collate, encode_all, load_splits
+from trainers.batching import BatchSchedule, collate, encode_all
+from trainers.config import JobConfig
+from trainers.costs import TrainingCosts
+from trainers.datasets.splits import load_splits
 from trainers.memory import PeakMemory, folder_bytes
-from trainers.methods import get_method
+from trainers.methods import make_trainer
 from trainers.methods.base import trainable_params
+from trainers.methods.qdylora import RankSampler, set_active_rank
 from trainers.models import base_dtype, default_device, load_base_model, load_tokenizer, quant_settings, resolve_base
-from trainers.qdylora import RankSampler, set_active_rank
 
 ADAPTER_DIR, METRICS_FILE, CHECKPOINT_DIR, SUMMARY_FILE = "adapter", "metrics.jsonl", "checkpoints", "train_summary.json"
 ARTIFACTS_FILE = "method_artifacts.json"
-COST_KEYS = ("trainable_params", "adapter_bytes", "peak_memory_bytes", "device_seconds", "step_seconds")
 
 
 @dataclass
@@ -43,14 +45,15 @@ class TrainResult:
     final_loss: float
     device_seconds: float
     resumed_from: int = 0  # the checkpoint step this run continued from (0: started fresh)
-    costs: dict | None = None  # COST_KEYS plus peak_memory_kind: what the run cost, the same for every method
+    costs: TrainingCosts = TrainingCosts()  # what the run cost, the same record for every method
 
 
 class FinetuneRecipe:
-    def __init__(self, cfg, out_dir: str | Path, on_step: Callable[[dict], None] | None = None, progress: bool = True):
+    def __init__(self, cfg: JobConfig, out_dir: str | Path, on_step: Callable[[dict], None] | None = None,
+                 progress: bool = True):
         self.cfg, self.out_dir, self.on_step, self.progress = cfg, Path(out_dir), on_step, progress
         self.device = default_device()
-        self.method = get_method(cfg.adapter.method)
+        self.method = make_trainer(cfg.adapter.method)
         self.memory = PeakMemory(self.device)
 
     # ---- setup -------------------------------------------------------------------------------------
@@ -136,11 +139,12 @@ class FinetuneRecipe:
         peak = self.memory.peak_bytes(self.optimizer)
         adapter_dir = self.save()
         timed = step_times[1:] or step_times  # the first step pays one-off costs (allocations, SVDs, compiles)
-        costs = {"trainable_params": trainable_params(self.model), "adapter_bytes": folder_bytes(adapter_dir),
-                 "peak_memory_bytes": peak, "peak_memory_kind": self.memory.kind, "device_seconds": seconds,
-                 "step_seconds": sum(timed) / len(timed) if timed else float("nan")}
+        costs = TrainingCosts(trainable_params=trainable_params(self.model), adapter_bytes=folder_bytes(adapter_dir),
+                              peak_memory_bytes=peak, peak_memory_kind=self.memory.kind, device_seconds=seconds,
+                              step_seconds=sum(timed) / len(timed) if timed else float("nan"))
         summary = {"steps": t.max_steps, "resumed_from": self.start_step, "final_loss": last["train_loss"],
-                   "device": str(self.device), "method": self.method.name, "saved_dir": adapter_dir.name, **costs}
+                   "device": str(self.device), "method": self.method.name, "saved_dir": adapter_dir.name,
+                   **asdict(costs)}
         (self.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
         return TrainResult(self.out_dir, adapter_dir, t.max_steps, last["train_loss"], seconds, self.start_step, costs)
 
@@ -161,12 +165,12 @@ def finished_result(out_dir: str | Path) -> TrainResult | None:
     if not summary_path.exists():
         return None
     summary = json.loads(summary_path.read_text())
-    costs = {k: summary[k] for k in (*COST_KEYS, "peak_memory_kind") if k in summary}
+    costs = TrainingCosts.from_dict(summary)
     return TrainResult(out_dir, out_dir / summary.get("saved_dir", ADAPTER_DIR), summary["steps"], summary["final_loss"],
                        summary["device_seconds"], summary["resumed_from"], costs)
 
 
-def train(cfg, out_dir: str | Path, on_step=None, progress: bool = True) -> TrainResult:
+def train(cfg: JobConfig, out_dir: str | Path, on_step=None, progress: bool = True) -> TrainResult:
     """Train into out_dir, resuming from its last checkpoint; a run that already finished is not redone."""
     done = finished_result(out_dir)
     if done is not None and done.steps == cfg.training.max_steps:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 GIB = 2**30
-_BLOCK_HIDDEN, _BLOCK_MLP = 25, 7  # tensors a recomputed block keeps alive, per token (see docstring)
+BLOCK_HIDDEN, BLOCK_MLP = 25, 7  # tensors a recomputed block keeps alive, per token (see docstring)
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def nf4_bytes(numel: int, double_quant: bool) -> int:
     return numel // 2 + absmax
 
 
-def _dtype_bytes(dtype: torch.dtype) -> int:
+def dtype_bytes(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
@@ -107,15 +107,15 @@ def estimate_training(shape: ModelShape, *, rank: int, batch: int, seq: int, loa
     if load_in_4bit:
         weights = nf4_bytes(shape.quantizable, double_quant) + shape.other * 4
         act = 4  # the upcast fp32 embedding makes the residual stream fp32; NF4 linears return the input's dtype
-        transient = shape.largest_linear * _dtype_bytes(compute_dtype)
+        transient = shape.largest_linear * dtype_bytes(compute_dtype)
     else:
-        act = _dtype_bytes(base_dtype or compute_dtype)
+        act = dtype_bytes(base_dtype or compute_dtype)
         weights = (shape.quantizable + shape.other) * act
         transient = 0
     lora = rank * shape.lora_per_rank
     states = 2 if optimizer == "paged_adamw_8bit" else 8
     tokens = batch * seq
-    block = tokens * (_BLOCK_HIDDEN * shape.hidden + _BLOCK_MLP * shape.intermediate) * act
+    block = tokens * (BLOCK_HIDDEN * shape.hidden + BLOCK_MLP * shape.intermediate) * act
     loss = tokens * shape.vocab * 12
     if gradient_checkpointing:
         activations = shape.layers * tokens * shape.hidden * act + max(block + transient, loss)
@@ -128,7 +128,7 @@ def estimate_evaluation(shape: ModelShape, *, rank: int, batch: int, seq: int, l
                         compute_dtype: torch.dtype, dequantize: bool, double_quant: bool = True,
                         role: str = "evaluator") -> MemoryEstimate:
     """One evaluator actor: the base (dequantized once, or NF4), a rank-`rank` adapter, a no-grad forward."""
-    compute = _dtype_bytes(compute_dtype)
+    compute = dtype_bytes(compute_dtype)
     if load_in_4bit and not dequantize:
         weights = nf4_bytes(shape.quantizable, double_quant) + shape.other * compute
         transient = shape.largest_linear * compute
@@ -142,20 +142,12 @@ def estimate_evaluation(shape: ModelShape, *, rank: int, batch: int, seq: int, l
     return MemoryEstimate(role, weights, rank * shape.lora_per_rank * 4, 0, 0, max(forward, loss))
 
 
-def estimate_galore(shape: ModelShape, *, rank: int, batch: int, seq: int, base_dtype: torch.dtype,
-                    eight_bit: bool = False, role: str = "trainer galore") -> MemoryEstimate:
-    """Full-parameter training with GaLore: every weight and its gradient in the base dtype; AdamW's two moments
-    live in the projected space (rank x the larger side of each block linear, the rank clamped below the
-    smallest side as trainers/methods/galore.py does) and at full size for everything else (embeddings, norms,
-    lm_head); each matrix also keeps its fp32 projection basis."""
-    width = _dtype_bytes(base_dtype)
-    params = shape.quantizable + shape.other
-    state = 2 if eight_bit else 8
-    smallest = min(min(d) for d in shape.linear_dims)
-    r = rank if rank < smallest else max(1, smallest // 2)
-    moments = sum(r * max(d) for d in shape.linear_dims) + shape.other  # projected (m x r), the rest full size
-    projectors = sum(r * min(d) for d in shape.linear_dims) * 4  # one fp32 orthogonal basis per matrix
-    tokens = batch * seq
-    block = tokens * (_BLOCK_HIDDEN * shape.hidden + _BLOCK_MLP * shape.intermediate) * width
-    activations = shape.layers * tokens * shape.hidden * width + max(block, tokens * shape.vocab * 12)
-    return MemoryEstimate(role, params * width, 0, params * width, moments * state + projectors, activations)
+def estimate_job_training(shape: ModelShape, job, *, rank: int, role: str) -> MemoryEstimate:
+    """`estimate_training` for one job config: its base, compute dtype, optimizer and batch."""
+    from trainers.models import base_dtype, resolve_compute_dtype
+
+    q, t = job.quantization, job.training
+    return estimate_training(shape, rank=rank, batch=t.batch_size, seq=job.data.max_seq_len, load_in_4bit=q.load_in_4bit,
+                             compute_dtype=resolve_compute_dtype(q.compute_dtype), base_dtype=base_dtype(job),
+                             double_quant=q.double_quant, optimizer=t.optimizer,
+                             gradient_checkpointing=t.gradient_checkpointing, role=role)

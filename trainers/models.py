@@ -19,18 +19,12 @@ from filelock import FileLock
 
 from trainers import registry
 from trainers.paths import cache_dir, sha256_file
+from trainers.presets import PRESETS
 
 # No hub access, ever: everything loads from local folders.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 FIXTURES = Path(__file__).parent / "fixtures"
-PRESETS = {
-    # Small enough for CPU tests, big enough for bitsandbytes' 64-value NF4 blocks.
-    "tiny-llama": dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False, rms_norm_eps=1e-6,
-    ),
-}
 _PRESET_VERSION = 1  # bump when a preset's recipe changes, so caches rebuild
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_config
-from trainers.data import encode_all, load_splits
+from tests.conftest import tiny_job
+from trainers.batching import encode_all
+from trainers.datasets.splits import load_splits
 from trainers.finetune import train
 from trainers.models import load_tokenizer, resolve_base
 
@@ -31,7 +32,7 @@ class TinyRun:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> TinyRun:
-    cfg = tiny_config("quantization.load_in_4bit=false", "training.max_steps=20", "training.gradient_checkpointing=false")
+    cfg = tiny_job("quantization.load_in_4bit=false", "training.max_steps=20", "training.gradient_checkpointing=false")
     result = train(cfg, tmp_path_factory.mktemp("tiny-run"), progress=False)
     base_path = resolve_base(cfg.model.source)
     tokenizer = load_tokenizer(base_path)

@@ -10,7 +10,7 @@ import torch
 
 from evaluators.metrics import evaluate, generate_answers, generate_exact_match, normalize_answer
 from evaluators.sweep import RankSweep
-from trainers.data import IGNORE_INDEX, collate
+from trainers.batching import IGNORE_INDEX, collate
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import bitsandbytes as bnb
 import pytest
 
 from evaluators.session import EvalSession
-from tests.conftest import tiny_config
+from tests.conftest import tiny_job
 
 
 def _has_4bit(model) -> bool:
@@ -14,8 +14,8 @@ def _has_4bit(model) -> bool:
 
 
 def test_dequantized_base_scores_the_same_weights_without_4bit_layers():
-    quantized = EvalSession(tiny_config("evaluation.dequantize_base=false"))
-    dequantized = EvalSession(tiny_config("evaluation.dequantize_base=true"))
+    quantized = EvalSession(tiny_job("evaluation.dequantize_base=false"))
+    dequantized = EvalSession(tiny_job("evaluation.dequantize_base=true"))
     assert _has_4bit(quantized.model) and not _has_4bit(dequantized.model)
     a = quantized.score("validation", rank=None)["eval_loss"]
     b = dequantized.score("validation", rank=None)["eval_loss"]
@@ -25,7 +25,7 @@ def test_dequantized_base_scores_the_same_weights_without_4bit_layers():
 
 
 def test_test_scores_carry_intervals_around_the_estimate():
-    session = EvalSession(tiny_config("evaluation.bootstrap_samples=200"))
+    session = EvalSession(tiny_job("evaluation.bootstrap_samples=200"))
     row = session.score("test", rank=None, generate=True, intervals=True)
     for metric in ("test_loss", "test_exact_match", "test_gen_exact_match"):
         assert row[f"{metric}_ci_low"] <= row[metric] <= row[f"{metric}_ci_high"], metric

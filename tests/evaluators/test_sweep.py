@@ -8,7 +8,7 @@ import evaluators.sweep as sweep_module
 from evaluators.metrics import evaluate
 from evaluators.sweep import RankSweep, load_adapter
 from trainers.models import QuantSettings
-from trainers.qdylora import export_rank, get_active_rank
+from trainers.methods.qdylora import export_rank, get_active_rank
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config import (
-    AdapterConfig,
-    Config,
-    ConfigError,
-    DataConfig,
-    QuantizationConfig,
-    TrainingConfig,
-    apply_overrides,
-    load_config,
-    parse_config,
-)
+from orchestrator.config import Config, ConfigError, apply_overrides, load_config, parse_config
+from trainers.config import AdapterConfig, DataConfig, QuantizationConfig, TrainingConfig
 
 TINY_YAML = Path(__file__).resolve().parents[2] / "examples" / "tiny.yaml"
 

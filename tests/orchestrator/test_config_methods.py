@@ -50,16 +50,16 @@ def test_baseline_jobs_of_several_methods_get_the_base_their_method_needs():
         {"method": "bitlora", "rank": 4, "bitlora": {"bits": "1"}}, {"method": "galore", "galore": {"rank": 8}},
         {"method": "lora", "rank": 4, "name": "lora-again", "alpha": 8},
     ]})
-    jobs = {name: (method, rank, job) for name, method, rank, job in cfg.baseline_jobs()}
+    jobs = {job.name: job for job in cfg.baseline_jobs()}
     assert list(jobs) == ["qlora-r4", "lora-r4", "adalora-r2", "bitlora-r4", "galore-r8", "lora-again"]
-    assert jobs["qlora-r4"][2]["quantization"]["load_in_4bit"] is True
-    assert jobs["lora-r4"][2]["quantization"]["load_in_4bit"] is False
-    assert jobs["galore-r8"][2]["quantization"]["load_in_4bit"] is False
-    assert jobs["bitlora-r4"][2]["quantization"]["load_in_4bit"] is True and jobs["bitlora-r4"][2]["adapter"]["bitlora"]["bits"] == "1"
-    assert jobs["lora-again"][2]["adapter"]["alpha"] == 8
-    for _, _, job in jobs.values():
-        assert job["baselines"] == {"ranks": [], "methods": []}
-        assert len(job["evaluation"]["ranks"]) == 1
+    assert [(j.method, j.rank) for j in jobs.values()] == [("qlora", 4), ("lora", 4), ("adalora", 2), ("bitlora", 4),
+                                                           ("galore", 8), ("lora", 4)]
+    assert jobs["qlora-r4"].config.quantization.load_in_4bit is True
+    assert jobs["lora-r4"].config.quantization.load_in_4bit is False
+    assert jobs["galore-r8"].config.quantization.load_in_4bit is False
+    assert jobs["bitlora-r4"].config.quantization.load_in_4bit is True and jobs["bitlora-r4"].config.adapter.bitlora.bits == "1"
+    assert jobs["lora-again"].config.adapter.alpha == 8
+    assert all(j.config.evaluation.ranks == [j.rank] and not hasattr(j.config, "baselines") for j in jobs.values())
 
 
 def test_bad_baseline_entries_name_the_entry():

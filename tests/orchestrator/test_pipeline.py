@@ -10,15 +10,18 @@ import ray
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
+from dashboards.summary import write_pipeline_outputs
 from evaluators.metrics import evaluate
 from evaluators.selection import select_rank
 from orchestrator.pipeline import run_pipeline
-from tests.conftest import tiny_config
-from trainers.data import encode_all, load_splits
+from tests.conftest import FIXTURES, tiny_config
+from tests.support.mlflow_record import record_of
+from trainers.batching import encode_all
+from trainers.datasets.splits import load_splits
 from peft import PeftModel
 
 from trainers.models import dequantize_once, load_base_model, load_tokenizer, quant_settings, resolve_base
-from trainers.qdylora import export_rank
+from trainers.methods.qdylora import export_rank
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +61,8 @@ def pipeline(tmp_path_factory):
     events = []
     try:
         cfg = tiny_config()
-        result = run_pipeline(cfg, on_event=lambda kind, payload: events.append((kind, payload)))
+        result = run_pipeline(cfg, on_event=lambda kind, payload: events.append((kind, payload)),
+                              write_outputs=write_pipeline_outputs)
     finally:
         ray.shutdown()
         del os.environ["MLFLOW_TRACKING_URI"]
@@ -104,6 +108,20 @@ def test_selected_rank_is_the_policy_applied_to_recorded_metrics(pipeline):
     assert {"adapter", "config.yaml", "report"} <= artifacts
     report = {a.path for a in MlflowClient(uri).list_artifacts(result.parent_run_id, "report")}
     assert {"report/rank_vs_metric.png", "report/ranks.csv", "report/summary.txt"} <= report
+
+
+def test_record_keys_are_those_the_previous_release_wrote(pipeline):
+    """Param, tag, metric and artifact names of every run, as the code at a83f95e recorded the same config
+    (tests/fixtures/store-a83f95e/record.json); only the provenance tags are new."""
+    _, uri, result, _, _ = pipeline
+    before = json.loads((FIXTURES / "store-a83f95e" / "record.json").read_text())["runs"]
+    after = record_of(uri, result.parent_run_id)
+    assert sorted(after) == sorted(before)
+    for key in before:
+        assert after[key] == before[key], key
+    provenance = MlflowClient(uri).get_run(result.parent_run_id).data.tags
+    assert {f"dyrank.provenance.{k}" for k in ("version", "commit", "device", "torch", "transformers", "peft",
+                                               "bitsandbytes", "ray", "mlflow")} <= provenance.keys()
 
 
 def test_each_evaluator_loaded_the_base_once(pipeline):

@@ -60,6 +60,6 @@ def test_every_method_of_a_pipeline_is_planned(capsys):
     example = REPO / "examples" / "methods-tiny.yaml"
     assert main(["plan", str(example)]) == 0
     out = capsys.readouterr().out
-    assert all(f"trainer {name}" in out for name, *_ in load_config(example).baseline_jobs())
+    assert all(f"trainer {job.name}" in out for job in load_config(example).baseline_jobs())
     for method in ("lora", "dylora", "adalora", "bitlora", "galore", "galore8bit"):
         assert f"trainer {method}" in out

@@ -7,9 +7,9 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from tests.conftest import tiny_config
-from trainers.bitlora import binarize, ternarize
-from trainers.bitlora.layer import BitFactor
+from tests.conftest import tiny_job
+from trainers.methods.bitlora.layer import binarize, ternarize
+from trainers.methods.bitlora.layer import BitFactor
 from trainers.finetune import train
 from trainers.models import load_base_model, quant_settings, resolve_base
 
@@ -36,7 +36,7 @@ def test_straight_through_gradient_reaches_the_latent_weight():
 @pytest.fixture(scope="module", params=["1", "1.58"])
 def exported(request, tmp_path_factory):
     bits = request.param
-    cfg = tiny_config("adapter.method=bitlora", "adapter.rank=4", f"adapter.bitlora.bits='{bits}'",
+    cfg = tiny_job("adapter.method=bitlora", "adapter.rank=4", f"adapter.bitlora.bits='{bits}'",
                       "quantization.load_in_4bit=false", "training.max_steps=6", "training.lr=1e-2",
                       "training.gradient_checkpointing=false", "baselines.ranks=[]")
     return bits, cfg, train(cfg, tmp_path_factory.mktemp(f"bitlora-{bits}"), progress=False).adapter_dir
@@ -64,7 +64,7 @@ def _logits(model, ids):
 def test_merged_model_equals_the_adapter_model(exported, four_bit, record_property):
     bits, cfg, adapter_dir = exported
     base_path = resolve_base(cfg.model.source)
-    quant = quant_settings(tiny_config("quantization.load_in_4bit=true")) if four_bit else None
+    quant = quant_settings(tiny_job("quantization.load_in_4bit=true")) if four_bit else None
     ids = torch.randint(6, 300, (2, 24), generator=torch.Generator().manual_seed(0))
     model = PeftModel.from_pretrained(load_base_model(base_path, quant), str(adapter_dir)).eval()
     with_adapter = _logits(model, ids)

@@ -9,10 +9,10 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from tests.conftest import tiny_config
+from tests.conftest import tiny_job
 from trainers.finetune import train
 from trainers.models import load_base_model
-from trainers.qdylora import attach_dynamic_rank, export_rank, set_active_rank
+from trainers.methods.qdylora import attach_dynamic_rank, export_rank, set_active_rank
 
 R_MAX = 8
 
@@ -20,7 +20,7 @@ R_MAX = 8
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A QDyLoRA run on a 16-bit (fp32) tiny base, so equivalence can be checked to 1e-5."""
-    cfg = tiny_config("quantization.load_in_4bit=false", "training.max_steps=15", "training.gradient_checkpointing=false",
+    cfg = tiny_job("quantization.load_in_4bit=false", "training.max_steps=15", "training.gradient_checkpointing=false",
                       "training.lr=0.01")
     out = tmp_path_factory.mktemp("train")
     result = train(cfg, out, progress=False)
@@ -65,7 +65,7 @@ def test_export_rejects_ranks_the_adapter_lacks(trained, tmp_path, rank):
 
 
 def test_fixed_rank_adapter_exports_only_its_rank(tmp_path):
-    cfg = tiny_config("adapter.method=qlora", "adapter.rank=2", "quantization.load_in_4bit=false",
+    cfg = tiny_job("adapter.method=qlora", "adapter.rank=2", "quantization.load_in_4bit=false",
                       "training.max_steps=2", "evaluation.ranks=[2]")
     result = train(cfg, tmp_path / "run", progress=False)
     assert json.loads((export_rank(result.adapter_dir, 2, tmp_path / "r2") / "adapter_config.json").read_text())["r"] == 2

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import Interrupt, stop_at, tiny_config
+from tests.conftest import Interrupt, stop_at, tiny_job
 from tests.trainers.test_rank_sampler import assert_uniform
 from trainers.finetune import FinetuneRecipe, train
-from trainers.qdylora import RankTruncatedLinear
+from trainers.methods.qdylora import RankTruncatedLinear
 
 
 def _metrics(out):
@@ -20,7 +20,7 @@ def _metrics(out):
 
 
 def test_nf4_base_trains(tmp_path):
-    cfg = tiny_config("training.max_steps=30", "training.lr=0.005")
+    cfg = tiny_job("training.max_steps=30", "training.lr=0.005")
     recipe = FinetuneRecipe(cfg, tmp_path, progress=False)
     recipe.setup()
 
@@ -40,7 +40,7 @@ def test_nf4_base_trains(tmp_path):
 
 def test_one_sampled_rank_per_step_shared_by_its_micro_batches(tmp_path):
     steps, accum = 240, 2
-    cfg = tiny_config(f"training.max_steps={steps}", f"training.grad_accum_steps={accum}", "adapter.r_max=4",
+    cfg = tiny_job(f"training.max_steps={steps}", f"training.grad_accum_steps={accum}", "adapter.r_max=4",
                       "training.batch_size=2", "data.max_seq_len=24", "quantization.load_in_4bit=false",
                       "training.gradient_checkpointing=false", "training.checkpoint_every=1000")
     recipe = FinetuneRecipe(cfg, tmp_path, progress=False)
@@ -58,13 +58,13 @@ def test_one_sampled_rank_per_step_shared_by_its_micro_batches(tmp_path):
 
 def test_resume_reaches_the_same_final_weights(tmp_path):
     overrides = ("training.max_steps=12", "training.checkpoint_every=4", "training.keep_checkpoints=1")
-    straight = train(tiny_config(*overrides), tmp_path / "straight", progress=False)
+    straight = train(tiny_job(*overrides), tmp_path / "straight", progress=False)
 
     cut = tmp_path / "cut"
     with pytest.raises(Interrupt):
-        train(tiny_config(*overrides), cut, on_step=stop_at(10), progress=False)
+        train(tiny_job(*overrides), cut, on_step=stop_at(10), progress=False)
     assert [p.name for p in (cut / "checkpoints").iterdir()] == ["step-00000008"]
-    resumed = FinetuneRecipe(tiny_config(*overrides), cut, progress=False)
+    resumed = FinetuneRecipe(tiny_job(*overrides), cut, progress=False)
     resumed.setup()
     assert resumed.start_step == 8
     resumed.train()
@@ -78,14 +78,14 @@ def test_resume_reaches_the_same_final_weights(tmp_path):
 
 
 def test_frozen_mode_trains(tmp_path):
-    cfg = tiny_config("training.max_steps=4", "adapter.update_mode=frozen")
+    cfg = tiny_job("training.max_steps=4", "adapter.update_mode=frozen")
     result = train(cfg, tmp_path, progress=False)
     assert result.steps == 4 and (result.adapter_dir / "adapter_model.safetensors").exists()
 
 
 @pytest.mark.gpu
 def test_training_runs_on_cuda_with_a_paged_optimizer(tmp_path):
-    cfg = tiny_config("training.max_steps=3")
+    cfg = tiny_job("training.max_steps=3")
     recipe = FinetuneRecipe(cfg, tmp_path, progress=False)
     recipe.setup()
     assert next(p for p in recipe.model.parameters() if p.requires_grad).is_cuda

@@ -84,7 +84,7 @@ def test_evaluator_dequantized_base_costs_16_bit_weights(tiny):
 
 
 def test_galore_keeps_full_weights_and_gradients_but_projected_moments(tiny):
-    from trainers.memory_estimate import estimate_galore
+    from trainers.methods.galore.memory import estimate_galore
 
     shape = model_shape(tiny[1])
     full = estimate_galore(shape, rank=10**6, batch=4, seq=64, base_dtype=torch.float32)  # clamped to half the smallest side

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from safetensors.torch import load_file
 
 from evaluators.metrics import evaluate
 from evaluators.session import EvalSession
-from tests.conftest import Interrupt, stop_at, tiny_config
+from tests.conftest import Interrupt, stop_at, tiny_job
 from trainers.finetune import FinetuneRecipe, train
 
 SIXTEEN_BIT = ("quantization.load_in_4bit=false",)
@@ -37,14 +38,14 @@ def _losses(out):
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_trains_records_costs_and_its_export_scores_as_trained(tmp_path, name):
-    cfg = tiny_config(*FAST, *METHODS[name])
+    cfg = tiny_job(*FAST, *METHODS[name])
     recipe = FinetuneRecipe(cfg, tmp_path, progress=False)
     recipe.setup()
     result = recipe.train()
     losses = _losses(tmp_path)
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.05, losses
 
-    costs = result.costs
+    costs = asdict(result.costs)
     assert costs["trainable_params"] > 0 and costs["step_seconds"] > 0
     assert costs["peak_memory_bytes"] >= 0 and costs["peak_memory_kind"] == "cpu_peak_rss_delta"
     assert costs["adapter_bytes"] == sum(p.stat().st_size for p in result.adapter_dir.iterdir())
@@ -67,7 +68,7 @@ def test_method_trains_records_costs_and_its_export_scores_as_trained(tmp_path, 
 
 
 def test_adalora_allocates_after_each_step_before_zero_grad_and_records_the_allocation(tmp_path):
-    cfg = tiny_config(*FAST, *METHODS["adalora"])
+    cfg = tiny_job(*FAST, *METHODS["adalora"])
     recipe = FinetuneRecipe(cfg, tmp_path, progress=False)
     recipe.setup()
     calls, allocate = [], recipe.model.base_model.update_and_allocate
@@ -89,7 +90,7 @@ def test_adalora_allocates_after_each_step_before_zero_grad_and_records_the_allo
 
 
 def test_galore_projects_with_a_clamped_rank_and_saves_full_weights(tmp_path):
-    cfg = tiny_config(*FAST, *METHODS["galore8bit"])
+    cfg = tiny_job(*FAST, *METHODS["galore8bit"])
     recipe = FinetuneRecipe(cfg, tmp_path, progress=False)
     recipe.setup()
     result = recipe.train()
@@ -106,10 +107,10 @@ def test_galore_projects_with_a_clamped_rank_and_saves_full_weights(tmp_path):
 def test_galore_resume_reaches_the_same_final_weights(tmp_path, method):
     # the projector (its matrix, refreshed every 3 steps) is optimizer state: it must survive the checkpoint
     overrides = (*FAST, *METHODS[method], "training.max_steps=8", "training.checkpoint_every=4", "adapter.galore.update_proj_gap=3")
-    straight = train(tiny_config(*overrides), tmp_path / "straight", progress=False)
+    straight = train(tiny_job(*overrides), tmp_path / "straight", progress=False)
     with pytest.raises(Interrupt):
-        train(tiny_config(*overrides), tmp_path / "cut", on_step=stop_at(6), progress=False)
-    resumed = train(tiny_config(*overrides), tmp_path / "cut", progress=False)
+        train(tiny_job(*overrides), tmp_path / "cut", on_step=stop_at(6), progress=False)
+    resumed = train(tiny_job(*overrides), tmp_path / "cut", progress=False)
     assert resumed.resumed_from == 4
     a, b = load_file(straight.adapter_dir / "model.safetensors"), load_file(resumed.adapter_dir / "model.safetensors")
     for key in a:

@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from trainers.models import load_base_model, resolve_base
-from trainers.qdylora import RankTruncatedLinear, attach_dynamic_rank, get_active_rank, set_active_rank
+from trainers.methods.qdylora import RankTruncatedLinear, attach_dynamic_rank, get_active_rank, set_active_rank
 
 R_MAX, ALPHA = 8, 16.0
 

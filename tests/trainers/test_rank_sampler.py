@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 from scipy.stats import chi2
 
-from trainers.qdylora import RankSampler
+from trainers.methods.qdylora import RankSampler
 
 
 def assert_uniform(draws: list[int], r_min: int, r_max: int) -> None:

@@ -10,7 +10,7 @@ builder and write `cache_dir("data", NAME)/{train,validation,test}.jsonl` plus `
 
 A second `build` with the same recipe (builder version, options, source) whose files still match the
 manifest's hashes does nothing. The records are ordinary {"prompt", "completion", ...} JSONL that
-`trainers.data.read_jsonl` reads; the extra keys (`country_iso3`, `field`, `synset`, `task`, ...) ride along.
+`trainers.datasets.splits.read_jsonl` reads; the extra keys (`country_iso3`, `field`, `synset`, `task`, ...) ride along.
 Stdlib plus filelock only: no torch, Ray, MLflow or orchestrator import.
 """
 
@@ -44,7 +44,7 @@ class BuiltDataset:
     options: dict = field(default_factory=dict)  # defaults of the builder's options
 
 
-BUILT_DATASETS: dict[str, BuiltDataset] = {
+BUILDABLE_DATASETS: dict[str, BuiltDataset] = {
     "countries": BuiltDataset(
         name="countries", source=countries.SOURCE, version=countries.VERSION,
         build_splits=countries.build_splits, group_key="country_iso3",
@@ -63,9 +63,9 @@ BUILT_DATASETS: dict[str, BuiltDataset] = {
 
 def get_dataset(name: str) -> BuiltDataset:
     try:
-        return BUILT_DATASETS[name]
+        return BUILDABLE_DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown data set {name!r}; buildable: {', '.join(sorted(BUILT_DATASETS))}") from None
+        raise ValueError(f"unknown data set {name!r}; buildable: {', '.join(sorted(BUILDABLE_DATASETS))}") from None
 
 
 def data_dir(name: str) -> Path:
@@ -135,7 +135,7 @@ def build(name: str, out_dir: str | Path | None = None, *, source_dir: str | Pat
 
 
 def split_files(name: str, **options) -> dict[str, Path]:
-    """{split: JSONL path} of the built data set, building it first if needed (for `trainers.data`)."""
+    """{split: JSONL path} of the built data set, building it first if needed (for `trainers.datasets.splits`)."""
     out = build(name, progress=lambda _msg: None, **options)
     files = read_manifest(out)["files"]
     return {split: out / files[split] for split in SPLITS}

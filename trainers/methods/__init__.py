@@ -1,59 +1,109 @@
-"""Every training method `dyrank` compares, and what each one supports.
+"""The method registry: every training method registers itself here once, and nothing else names methods.
 
-`METHODS` is the one table the config validates against (`dyrank check` names the method and the
-option it does not support) and the recipe dispatches on: `get_method(name)` returns the object whose
-few verbs (`attach`, `build_optimizer`, `after_optimizer_step`, `save`) the recipe in trainers/finetune.py
-calls, the same for every method.
+Each method lives in its own folder below this one and calls `register_method(MethodSpec(...))` at the
+bottom of its `__init__.py` (PEFT's `register_peft_method` pattern). The config schema, the planner, the
+pipeline and the dashboards ask this registry (`get_spec`, `method_names`, `make_trainer`); none of them
+tests a method's name. Adding a method is one folder and one registration line.
+
+Import-light on purpose (no torch): a spec names its options model (pydantic) and where its training code
+lives (`trainer="package.module:Class"`), which is imported only when a run trains, evaluates or plans.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    summary: str
-    base: Literal["4bit", "16bit", "config"]  # config: whatever quantization.load_in_4bit says
-    sweeps: bool  # one trained adapter is scored at many ranks
-    adapter: bool  # saves an adapter for a frozen base; False: saves the full trained weights
+    """What the rest of dyrank needs to know about one training method."""
+
+    name: str
+    summary: str  # one line: `dyrank check` and the schema's description list it
+    trainer: str | type  # "module:Class" (imported on first use) or the class: a `trainers.methods.base.TrainingMethod`
+    label: str = ""  # how reports name it (default: the name)
+    base: Literal["4bit", "16bit", "config"] = "config"  # the base it trains on; config: quantization.load_in_4bit decides
+    rank_dynamic: bool = False  # one trained adapter is usable, and scored, at every rank r_min..r_max
+    saves_adapter: bool = True  # False: saves the whole trained model (full-parameter methods)
+    options_key: str | None = None  # its section under `adapter:` in the config, e.g. adalora
+    options: type[BaseModel] | None = None  # that section's pydantic model (its fields validate themselves)
+    rank_of: Callable[[Any], int] | None = None  # adapter section -> the one rank it trains (default: rank)
+    check_adapter: Callable[[Any], None] | None = None  # cross-field checks on the adapter section; raise ValueError
+    check_job: Callable[[Any], None] | None = None  # checks that need the whole job (e.g. training.max_steps)
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+    def full_rank(self, adapter) -> int:
+        """The adapter's full rank: r_max for a rank-dynamic method, else the one rank it trains."""
+        if self.rank_dynamic:
+            return adapter.r_max
+        return self.rank_of(adapter) if self.rank_of else adapter.rank
+
+    def options_of(self, adapter) -> BaseModel | None:
+        return getattr(adapter, self.options_key) if self.options_key else None
 
 
-METHODS: dict[str, MethodSpec] = {
-    "qdylora": MethodSpec("DyLoRA on the 4-bit base: one adapter, every rank r_min..r_max usable", "config", True, True),
-    "dylora": MethodSpec("DyLoRA on a 16-bit base (the qdylora code with quantization off)", "16bit", True, True),
-    "qlora": MethodSpec("fixed-rank LoRA on the 4-bit base (QLoRA)", "config", False, True),
-    "lora": MethodSpec("fixed-rank LoRA on a 16-bit base (PEFT)", "16bit", False, True),
-    "adalora": MethodSpec("PEFT's AdaLoRA: SVD adapters whose rank budget is pruned from adalora.init_r down to rank",
-                          "16bit", False, True),
-    "bitlora": MethodSpec("1-bit or 1.58-bit (ternary) LoRA factors, BitNet-style, trained with a straight-through "
-                          "estimator on the 4-bit base", "config", False, True),
-    "galore": MethodSpec("full-parameter training with GaLore's low-rank gradient projection (galore-torch AdamW)",
-                         "16bit", False, False),
-    "galore8bit": MethodSpec("GaLore with an 8-bit AdamW (galore-torch's on CUDA; its projector with bitsandbytes' "
-                             "8-bit AdamW on the CPU)", "16bit", False, False),
-}
-MethodName = Literal["qdylora", "dylora", "qlora", "lora", "adalora", "bitlora", "galore", "galore8bit"]
-LORA_FAMILY = ("qdylora", "dylora", "qlora", "lora")
+_REGISTRY: dict[str, MethodSpec] = {}
+_discovered = False
 
 
-def get_method(name: str):
-    """The object that trains `name`: its attach / optimizer / step hook / save verbs."""
-    if name in LORA_FAMILY:
-        from trainers.methods.lora import LoraMethod
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add a method; a second registration of the same name is an error (unregister it first)."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"method {spec.name!r} is already registered")
+    shared = next((s for s in _REGISTRY.values() if spec.options_key and s.options_key == spec.options_key), None)
+    if shared is not None and shared.options is not spec.options:
+        raise ValueError(f"method {spec.name!r}: options section {spec.options_key!r} already belongs to "
+                         f"{shared.name!r} with another model")
+    _REGISTRY[spec.name] = spec
+    return spec
 
-        return LoraMethod(name)
-    if name == "adalora":
-        from trainers.methods.adalora import AdaLoraMethod
 
-        return AdaLoraMethod()
-    if name == "bitlora":
-        from trainers.bitlora import BitLoraMethod
+def unregister_method(name: str) -> None:
+    _REGISTRY.pop(name, None)
 
-        return BitLoraMethod()
-    if name in ("galore", "galore8bit"):
-        from trainers.methods.galore import GaloreMethod
 
-        return GaloreMethod(eight_bit=name == "galore8bit")
-    raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+def _discover() -> None:
+    """Import every method folder below this package once; each registers itself on import."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for module in pkgutil.iter_modules(__path__):
+        if module.ispkg:
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+def method_names() -> list[str]:
+    _discover()
+    return list(_REGISTRY)
+
+
+def all_specs() -> list[MethodSpec]:
+    _discover()
+    return list(_REGISTRY.values())
+
+
+def get_spec(name: str) -> MethodSpec:
+    _discover()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}") from None
+
+
+def make_trainer(name: str):
+    """A fresh instance of the method's training code (the verbs trainers/finetune.py calls)."""
+    spec = get_spec(name)
+    cls = spec.trainer
+    if isinstance(cls, str):
+        module, _, attr = cls.partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+    return cls(spec)

@@ -1,34 +1,64 @@
-"""The verbs every method gives the training recipe; a method overrides only what it does differently."""
+"""The verbs every method gives the training recipe and the planner; a method overrides only what it does
+differently. The recipe (trainers/finetune.py) calls attach -> build_optimizer -> (train steps, each followed
+by after_optimizer_step) -> save and artifacts; `dyrank plan` calls estimate_memory."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from trainers.optim import build_optimizer
 
+ADAPTER_META = "dyrank_adapter.json"  # what dyrank needs beside a PEFT adapter (ranks, method); plain PEFT ignores it
 
-class Method:
-    name: str
+
+def write_adapter_meta(out_dir: Path, meta: dict) -> None:
+    (Path(out_dir) / ADAPTER_META).write_text(json.dumps(meta, indent=2))
+
+
+def read_adapter_meta(folder: Path) -> dict | None:
+    path = Path(folder) / ADAPTER_META
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+class TrainingMethod:
     saved_dir = "adapter"  # what `save` writes under the run folder
 
-    def attach(self, base, cfg):
+    def __init__(self, spec):
+        self.spec = spec
+        self.name = spec.name
+
+    def attach(self, base, job):
         """The model to train, built on the loaded base."""
         raise NotImplementedError
 
-    def build_optimizer(self, model, cfg):
-        t = cfg.training
+    def build_optimizer(self, model, job):
+        t = job.training
         return build_optimizer(t.optimizer, model.parameters(), t.lr, t.weight_decay)
 
     def after_optimizer_step(self, model, step: int) -> None:
         """Called after `optimizer.step()` and before `zero_grad()` with the 1-based optimizer step (AdaLoRA)."""
 
-    def save(self, model, cfg, out_dir: Path) -> Path:
-        """Write what evaluators and users load (safetensors) into out_dir; return it."""
-        raise NotImplementedError
+    def save(self, model, job, out_dir: Path) -> Path:
+        """A PEFT adapter in safetensors plus dyrank's meta (the ranks it serves); override to save otherwise."""
+        a = job.adapter
+        model.save_pretrained(out_dir, safe_serialization=True)
+        rank = self.spec.full_rank(a)
+        r_min = a.r_min if self.spec.rank_dynamic else rank
+        write_adapter_meta(out_dir, {"method": self.name, "dynamic": self.spec.rank_dynamic, "r_min": r_min,
+                                     "r_max": rank, "lora_alpha": a.alpha})
+        return out_dir
 
-    def artifacts(self, model, cfg) -> dict[str, object]:
+    def artifacts(self, model, job) -> dict[str, object]:
         """JSON-able records worth keeping beside the saved weights (e.g. AdaLoRA's rank allocation)."""
         return {}
+
+    def estimate_memory(self, shape, job, role: str):
+        """Peak memory of one training actor (trainers/memory_estimate.py): a LoRA-family adapter of the
+        method's full rank on the job's base and optimizer."""
+        from trainers.memory_estimate import estimate_job_training
+
+        return estimate_job_training(shape, job, rank=self.spec.full_rank(job.adapter), role=role)
 
 
 def trainable_params(model) -> int:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from trainers.data import read_jsonl
-from trainers.datasets import BUILT_DATASETS, build, read_manifest
+from trainers.datasets.splits import read_jsonl
+from trainers.datasets import BUILDABLE_DATASETS, build, read_manifest
 from trainers.datasets.common import SPLITS
 from trainers.datasets.sources import SOURCES
 
@@ -17,11 +17,11 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SOURCE_DIRS = {"countries": FIXTURES / "countryinfo", "wordnet": FIXTURES / "wordnet-3.0"}
 
 
-@pytest.mark.parametrize("name", sorted(BUILT_DATASETS))
+@pytest.mark.parametrize("name", sorted(BUILDABLE_DATASETS))
 def test_manifest_matches_the_files(name, tmp_path):
     out = build(name, tmp_path / name, source_dir=SOURCE_DIRS[name], progress=lambda _: None)
     manifest = read_manifest(out)
-    spec = BUILT_DATASETS[name]
+    spec = BUILDABLE_DATASETS[name]
     source = SOURCES[spec.source]
     assert manifest["name"] == name and manifest["builder_version"] == spec.version
     assert (manifest["source"]["package"], manifest["source"]["version"]) == (source.package, source.version)

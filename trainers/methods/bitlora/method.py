@@ -10,10 +10,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from trainers.adapters import attach_lora
-from trainers.bitlora.layer import QUANTIZERS, BitFactor
-from trainers.methods.base import Method
-from trainers.qdylora.model import ADAPTER_WEIGHTS, lora_layers, write_dynamic_meta
+from trainers.adapters import ADAPTER_WEIGHTS, lora_layers
+from trainers.methods.bitlora.layer import QUANTIZERS, BitFactor
+from trainers.methods.qlora.method import LoraMethod
 
 
 def attach_bit_factors(model, bits: str, adapter: str = "default") -> int:
@@ -38,19 +37,15 @@ def quantize_adapter_file(adapter_dir: Path, bits: str) -> Path:
     return path
 
 
-class BitLoraMethod(Method):
-    name = "bitlora"
+class BitLoraMethod(LoraMethod):
+    """QLoRA's LoRA whose factors run quantized; the export holds the quantized values."""
 
-    def attach(self, base, cfg):
-        a = cfg.adapter
-        model = attach_lora(base, rank=a.rank, alpha=a.alpha, dropout=a.dropout, target_modules=a.target_modules,
-                            dynamic=False, gradient_checkpointing=cfg.training.gradient_checkpointing)
-        attach_bit_factors(model, a.bitlora.bits)
+    def attach(self, base, job):
+        model = super().attach(base, job)
+        attach_bit_factors(model, job.adapter.bitlora.bits)
         return model
 
-    def save(self, model, cfg, out_dir: Path) -> Path:
-        a = cfg.adapter
-        model.save_pretrained(out_dir, safe_serialization=True)
-        quantize_adapter_file(out_dir, a.bitlora.bits)
-        write_dynamic_meta(out_dir, a.rank, a.rank, a.alpha, self.name)
+    def save(self, model, job, out_dir: Path) -> Path:
+        super().save(model, job, out_dir)
+        quantize_adapter_file(out_dir, job.adapter.bitlora.bits)
         return out_dir

@@ -8,24 +8,19 @@ its orthogonality regulariser only to a loss it computed itself; the recipe alwa
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from peft import AdaLoraConfig, get_peft_model
 
 from trainers.adapters import prepare_base
-from trainers.methods.base import Method
-from trainers.qdylora.model import write_dynamic_meta
+from trainers.methods.base import TrainingMethod
 
 
-class AdaLoraMethod(Method):
-    name = "adalora"
-
-    def attach(self, base, cfg):
-        a, s = cfg.adapter, cfg.adapter.adalora
-        base = prepare_base(base, cfg.training.gradient_checkpointing)
+class AdaLoraMethod(TrainingMethod):
+    def attach(self, base, job):
+        a, s = job.adapter, job.adapter.adalora
+        base = prepare_base(base, job.training.gradient_checkpointing)
         config = AdaLoraConfig(
             init_r=s.init_r, target_r=a.rank, tinit=s.tinit, tfinal=s.tfinal, deltaT=s.delta_t, beta1=s.beta1,
-            beta2=s.beta2, orth_reg_weight=s.orth_reg_weight, total_step=cfg.training.max_steps,
+            beta2=s.beta2, orth_reg_weight=s.orth_reg_weight, total_step=job.training.max_steps,
             lora_alpha=a.alpha, lora_dropout=a.dropout, target_modules=a.target_modules, task_type="CAUSAL_LM",
         )
         return get_peft_model(base, config)
@@ -34,19 +29,22 @@ class AdaLoraMethod(Method):
         # 1-based: the last step equals total_step - tfinal when tfinal is 0, which fixes the final budget
         model.base_model.update_and_allocate(step)
 
-    def save(self, model, cfg, out_dir: Path) -> Path:
-        model.save_pretrained(out_dir, safe_serialization=True)  # PEFT drops the pruned ranks (rank_pattern)
-        write_dynamic_meta(out_dir, cfg.adapter.rank, cfg.adapter.rank, cfg.adapter.alpha, self.name)
-        return out_dir
+    # save: the base class's; PEFT's save_pretrained drops the pruned ranks (rank_pattern)
 
-    def artifacts(self, model, cfg) -> dict[str, object]:
+    def artifacts(self, model, job) -> dict[str, object]:
         """Ranks kept per adapted layer after the final allocation (init_r before any pruning)."""
         pattern = model.peft_config["default"].rank_pattern
         if not pattern:
-            init = cfg.adapter.adalora.init_r
+            init = job.adapter.adalora.init_r
             return {"rank_allocation": {name: init for name, _ in _svd_layers(model)}}
         return {"rank_allocation": {name.removeprefix("base_model.model.").removesuffix(".lora_E"): int(sum(mask))
                                     for name, mask in pattern.items()}}
+
+    def estimate_memory(self, shape, job, role: str):
+        """AdaLoRA starts every layer at init_r and prunes from there: the peak is at init_r."""
+        from trainers.memory_estimate import estimate_job_training
+
+        return estimate_job_training(shape, job, rank=job.adapter.adalora.init_r, role=role)
 
 
 def _svd_layers(model):

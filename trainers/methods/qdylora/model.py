@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from peft import LoraConfig
-from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
-from trainers.qdylora.layer import RankTruncatedLinear
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-DYNAMIC_META = "dyrank_adapter.json"  # ranks the adapter was trained for; plain PEFT ignores this file
-
-
-def lora_layers(model, adapter: str = "default"):
-    for module in model.modules():
-        if isinstance(module, LoraLayer) and adapter in module.lora_A:
-            yield module
+from trainers.adapters import ADAPTER_WEIGHTS, lora_layers
+from trainers.methods.base import read_adapter_meta
+from trainers.methods.qdylora.layer import RankTruncatedLinear
 
 
 def attach_dynamic_rank(model, update_mode: str = "cumulative", adapter: str = "default") -> int:
@@ -72,18 +63,12 @@ class RankSampler:
         self.generator.set_state(state["generator"])
 
 
-def write_dynamic_meta(adapter_dir: Path, r_min: int, r_max: int, alpha: float, method: str) -> None:
-    meta = {"method": method, "dynamic": r_min != r_max or method.endswith("dylora"), "r_min": r_min, "r_max": r_max,
-            "lora_alpha": alpha}
-    (Path(adapter_dir) / DYNAMIC_META).write_text(json.dumps(meta, indent=2))
-
-
 def exportable_ranks(adapter_dir: Path) -> range:
     """Ranks an adapter folder can be exported at: 1..r_max for a dynamic adapter, else its one rank."""
     adapter_dir = Path(adapter_dir)
-    meta_path = adapter_dir / DYNAMIC_META
-    if meta_path.exists() and json.loads(meta_path.read_text())["dynamic"]:
-        return range(1, json.loads(meta_path.read_text())["r_max"] + 1)
+    meta = read_adapter_meta(adapter_dir)
+    if meta and meta["dynamic"]:
+        return range(1, meta["r_max"] + 1)
     rank = LoraConfig.from_pretrained(adapter_dir).r
     return range(rank, rank + 1)
 

@@ -20,8 +20,8 @@ from galore_torch import GaLoreAdamW, GaLoreAdamW8bit
 from galore_torch.galore_projector import GaLoreProjector
 from torch import nn
 
-from trainers.methods.base import Method
-from trainers.qdylora.model import DYNAMIC_META
+from trainers.methods.base import TrainingMethod, write_adapter_meta
+from trainers.methods.galore.config import effective_rank
 
 # No strings: torch's load_state_dict casts state values and would rebuild a str from its characters' generator.
 _PROJECTOR_FIELDS = ("rank", "update_proj_gap", "scale", "ortho_matrix")
@@ -97,34 +97,27 @@ def projected_weights(model) -> list[nn.Parameter]:
     return [m.weight for m in model.modules() if isinstance(m, nn.Linear) and m is not head]
 
 
-def effective_rank(rank: int, weights: list[nn.Parameter]) -> int:
-    """`rank`, or half the smallest projected dimension when `rank` would not be below it (tiny models):
-    a projection of full rank saves nothing and tests nothing."""
-    smallest = min(min(w.shape) for w in weights)
-    return rank if rank < smallest else max(1, smallest // 2)
-
-
-class GaloreMethod(Method):
+class GaloreMethod(TrainingMethod):
     saved_dir = "weights"
+    eight_bit = False
 
-    def __init__(self, eight_bit: bool):
-        self.name = "galore8bit" if eight_bit else "galore"
-        self.eight_bit = eight_bit
+    def __init__(self, spec):
+        super().__init__(spec)
         self.rank = None
 
-    def attach(self, base, cfg):
+    def attach(self, base, job):
         if getattr(base, "is_loaded_in_4bit", False):
             raise ValueError(f"{self.name} trains every weight and needs a 16-bit base, not a 4-bit one")
-        if cfg.training.gradient_checkpointing:
+        if job.training.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         for p in base.parameters():
             p.requires_grad_(True)
         return base
 
-    def build_optimizer(self, model, cfg):
-        t, g = cfg.training, cfg.adapter.galore
+    def build_optimizer(self, model, job):
+        t, g = job.training, job.adapter.galore
         projected = projected_weights(model)
-        self.rank = effective_rank(g.rank, projected)
+        self.rank = effective_rank(g.rank, min(min(w.shape) for w in projected))
         ids = {id(p) for p in projected}
         groups = [{"params": [p for p in model.parameters() if id(p) not in ids]},
                   {"params": projected, "rank": self.rank, "update_proj_gap": g.update_proj_gap, "scale": g.scale,
@@ -134,15 +127,25 @@ class GaloreMethod(Method):
         cls = _AdamW8bitCuda if next(model.parameters()).is_cuda else _AdamW8bitCpu
         return cls(groups, lr=t.lr, weight_decay=t.weight_decay, min_8bit_size=MIN_8BIT_SIZE)
 
-    def save(self, model, cfg, out_dir: Path) -> Path:
+    def save(self, model, job, out_dir: Path) -> Path:
         """The whole trained model: its size on disk is this method's 'adapter size'."""
-        import json
-
         model.save_pretrained(out_dir, safe_serialization=True)
-        meta = {"method": self.name, "dynamic": False, "full_weights": True, "galore_rank": self.rank}
-        (Path(out_dir) / DYNAMIC_META).write_text(json.dumps(meta, indent=2))
+        write_adapter_meta(out_dir, {"method": self.name, "dynamic": False, "full_weights": True, "galore_rank": self.rank})
         return out_dir
 
-    def artifacts(self, model, cfg) -> dict[str, object]:
-        return {"galore": {"rank": self.rank, "configured_rank": cfg.adapter.galore.rank,
+    def artifacts(self, model, job) -> dict[str, object]:
+        return {"galore": {"rank": self.rank, "configured_rank": job.adapter.galore.rank,
                            "projected_weights": len(projected_weights(model))}}
+
+    def estimate_memory(self, shape, job, role: str):
+        from trainers.methods.galore.memory import estimate_galore
+        from trainers.models import base_dtype, resolve_compute_dtype
+
+        q, t = job.quantization, job.training
+        return estimate_galore(shape, rank=job.adapter.galore.rank, batch=t.batch_size, seq=job.data.max_seq_len,
+                               base_dtype=base_dtype(job) or resolve_compute_dtype(q.compute_dtype),
+                               eight_bit=self.eight_bit, role=role)
+
+
+class Galore8bitMethod(GaloreMethod):
+    eight_bit = True

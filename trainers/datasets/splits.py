@@ -1,0 +1,83 @@
+"""Instruction records from JSONL files, and the train / validation / test splits a job config names.
+
+A record is {"prompt", "completion"} or {"messages": [...]}. Splits are deterministic (a hash of each
+record), so the same records split the same way anywhere. Standard library only: the config schema and the
+driver read data without torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from trainers.datasets import BUILDABLE_DATASETS, split_files
+
+# Packaged with dyrank (a small fixture file); `dyrank data build` makes the BUILDABLE_DATASETS.
+PACKAGED_DATASETS = {"tiny-qa": Path(__file__).resolve().parent.parent / "fixtures" / "tiny_qa.jsonl"}
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not (("prompt" in record and "completion" in record) or "messages" in record):
+            raise ValueError(f"{path}:{number}: a record needs prompt and completion, or messages")
+        records.append(record)
+    if not records:
+        raise ValueError(f"{path}: no records")
+    return records
+
+
+def split_fingerprint(records: list[dict]) -> dict:
+    """Size and content hash of one split, so a tracked run says exactly what it saw."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps(record, sort_keys=True).encode() + b"\n")
+    return {"records": len(records), "sha256": digest.hexdigest()}
+
+
+def record_hash(record: dict) -> int:
+    return int(hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12], 16)
+
+
+def split_by_hash(records: list[dict], fractions: dict[str, float]) -> dict[str, list[dict]]:
+    """Deterministic split: each record's hash picks a bucket in [0, 1); the first `fractions[name]` of
+    that interval goes to `name`, in order, and the rest to "train". Same records, same split, anywhere."""
+    splits: dict[str, list[dict]] = {"train": [], **{name: [] for name in fractions}}
+    for record in records:
+        bucket, edge = (record_hash(record) % 10_000) / 10_000, 0.0
+        for name, fraction in fractions.items():
+            edge += fraction
+            if bucket < edge:
+                splits[name].append(record)
+                break
+        else:
+            splits["train"].append(record)
+    return splits
+
+
+def load_splits(data) -> dict[str, list[dict]]:
+    """`data` is the config's data section; returns train / validation / test records. A built data set
+    (`dyrank data build`) brings its own splits; otherwise held-out splits without a file of their own
+    are cut from the training file by record hash."""
+    if data.dataset in BUILDABLE_DATASETS:
+        return {name: read_jsonl(path) for name, path in split_files(data.dataset).items()}
+    records = read_jsonl(PACKAGED_DATASETS[data.dataset] if data.dataset else data.train_file)
+    cut = {}
+    if not data.validation_file:
+        cut["validation"] = data.validation_fraction
+    if not data.test_file:
+        cut["test"] = data.test_fraction
+    splits = split_by_hash(records, cut)
+    if data.validation_file:
+        splits["validation"] = read_jsonl(data.validation_file)
+    if data.test_file:
+        splits["test"] = read_jsonl(data.test_file)
+    return splits
