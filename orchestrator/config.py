@@ -19,7 +19,7 @@ from trainers.data import BUILTIN_DATASETS
 from trainers.datasets import BUILT_DATASETS
 from trainers.methods import METHODS, MethodName
 from trainers.models import PRESETS
-from trainers.registry import REGISTERED_MODELS
+from trainers.model_registry import REGISTERED_MODELS
 
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 PositiveFloat = Annotated[float, Field(gt=0)]
