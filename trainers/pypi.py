@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,20 @@ from trainers.paths import sha256_file
 Downloader = Callable[[str, Path], Path]  # (requirement, empty folder) -> the downloaded archive
 Unpacker = Callable[[Path, Path], None]  # (archive, path to create) -> that one file or folder, written
 Progress = Callable[[str], object]
+
+
+@dataclass(frozen=True)
+class PinnedPackage:
+    """`package==version` from the configured index, pinned by a sha256 (of what, each kind of pin says)."""
+
+    package: str
+    version: str
+    sha256: str
+    license: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
 
 
 def pip_download(requirement: str, dest: Path, *, wheel_only: bool, error: type[Exception] = ValueError) -> Path:
@@ -39,11 +54,11 @@ def pip_download(requirement: str, dest: Path, *, wheel_only: bool, error: type[
     return archives[0]
 
 
-def fetch_pinned(requirement: str, sha256: str, target: Path, unpack: Unpacker, *, download: Downloader,
-                 lock: Path, marker: Path | None = None, error: type[Exception] = ValueError,
-                 progress: Progress = print, label: str = "", license: str = "") -> Path:
-    """`target` (a file or a folder) unpacked from the archive of `requirement`, checked against `sha256`
-    once; returns `target`.
+def fetch_pinned(pin: PinnedPackage, target: Path, unpack: Unpacker, *, download: Downloader, lock: Path,
+                 marker: Path | None = None, error: type[Exception] = ValueError, progress: Progress = print,
+                 label: str = "") -> Path:
+    """`target` (a file or a folder) unpacked from the archive of `pin.requirement`, checked against
+    `pin.sha256` once; returns `target`.
 
     Two kinds of pin: with `marker=None` the sha256 is the unpacked file's own, so the target is hashed to
     tell whether it is current; with a `marker` the sha256 is the archive's (a folder has no one hash), it
@@ -53,8 +68,9 @@ def fetch_pinned(requirement: str, sha256: str, target: Path, unpack: Unpacker, 
     when Ray actors race: everything runs under the file lock `lock`, is staged in a temporary folder beside
     the target (so the final rename stays on one filesystem) and renamed into place; a failure (the
     download, `unpack` or the checksum, which raises `error`) leaves neither a partial target nor a marker.
-    `label` names the thing in the `progress` lines, `license` is shown when downloading.
+    `label` names the thing in the `progress` lines (the requirement by default).
     """
+    requirement, sha256 = pin.requirement, pin.sha256
     label = label or requirement
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(lock)):
@@ -67,7 +83,7 @@ def fetch_pinned(requirement: str, sha256: str, target: Path, unpack: Unpacker, 
             progress(f"{label}: cached file fails its sha256, fetching again: {target}")
             target.unlink()
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
-            progress(f"{label}: downloading {requirement}" + (f" ({license})" if license else ""))
+            progress(f"{label}: downloading {requirement} ({pin.license})")
             (Path(tmp) / "archive").mkdir()
             archive = download(requirement, Path(tmp) / "archive")
             if marker is not None:

