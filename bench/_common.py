@@ -51,6 +51,22 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
+def free_cuda_cache() -> None:
+    """Hand the allocator's cached blocks back, so the next model's load and peak start from a clean GPU."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def lm_step(model, optimizer, ids, clip: float | None = 0.3) -> None:
+    """One optimizer step of next-token loss on `ids` (inputs and labels), gradients clipped at `clip` as the
+    training recipe does (None: not clipped)."""
+    model(input_ids=ids, labels=ids).loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def spread(values: list[float], count: bool = True) -> dict:
     """Median, min and max of repeated measurements (and how many, unless `count` is off)."""
     row = {"median": statistics.median(values), "min": min(values), "max": max(values)}
@@ -73,8 +89,7 @@ def save_random_base(shape: dict, folder: Path) -> Path:
         torch.set_default_dtype(default)
     model.save_pretrained(folder)
     del model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free_cuda_cache()
     return folder
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from _common import (Pad, header, parser, random_examples, randomize_lora_b, save_random_base, spread, timed,
-                     tiny_or_smollm2, write_result)
+from _common import (Pad, free_cuda_cache, header, lm_step, parser, random_examples, randomize_lora_b, save_random_base,
+                     spread, timed, tiny_or_smollm2, write_result)
 
 from evaluators.metrics import evaluate  # noqa: E402
 from evaluators.sweep import RankSweep, load_adapter  # noqa: E402
@@ -52,10 +52,7 @@ def p1_step_ratio(base: Path, steps: int, batch: int, seq: int, r: int = 64) -> 
             set_active_rank(model, sampler.sample())
         elif name == "qdylora_at_rmax":
             set_active_rank(model, r)
-        model(input_ids=ids, labels=ids).loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 0.3)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        lm_step(model, optimizer, ids)
 
     for step in range(steps + 3):  # 3 warm-up steps each, not timed
         for name in names[step % 3:] + names[:step % 3]:  # rotating order: drift hits every arm alike
@@ -94,8 +91,7 @@ def p3_sweep_ratio(base: Path, work: Path, ranks: list[int], n_examples: int, se
             model = load_adapter(base, exported, QuantSettings())
             losses.append(evaluate(model, examples, Pad(), 8)["eval_loss"])
             del model
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            free_cuda_cache()
         return losses
 
     times = {"ours": [], "naive": []}

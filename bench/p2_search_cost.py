@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from _common import Pad, header, parser, random_examples, save_random_base, timed, tiny_or_smollm2, write_result
+from _common import (Pad, header, lm_step, parser, random_examples, save_random_base, timed, tiny_or_smollm2,
+                     write_result)
 
 from evaluators.metrics import evaluate  # noqa: E402
 from trainers.adapters import attach_lora  # noqa: E402
@@ -45,10 +46,7 @@ def train(base: Path, rank: int, dynamic: bool, steps: int, batch: int, seq: int
             if sampler:
                 set_active_rank(model, sampler.sample())
             ids = torch.randint(1, vocab, (batch, seq), generator=g).to(default_device())
-            model(input_ids=ids, labels=ids).loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 0.3)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            lm_step(model, optimizer, ids)
         return model
     return timed(run)
 
