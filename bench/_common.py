@@ -1,14 +1,20 @@
 """What the benchmark scripts share: model shapes (random weights, built from a config), timing helpers,
-random evaluation examples, and the header every results JSON carries. Imports only torch and transformers,
-so it runs on the bare GPU box."""
+random evaluation examples and adapters, the header every results JSON carries, its writing, and the
+`--out` / `--tiny` arguments. Imports only torch and transformers, so it runs on the bare GPU box.
+
+Importing it also puts the project on sys.path, so a script run as `python bench/NAME.py` imports it."""
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import json
 import os
 import platform
 import statistics
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import torch
@@ -45,8 +51,26 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
-def spread(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+def free_cuda_cache() -> None:
+    """Hand the allocator's cached blocks back, so the next model's load and peak start from a clean GPU."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def lm_step(model, optimizer, ids, clip: float | None = 0.3) -> None:
+    """One optimizer step of next-token loss on `ids` (inputs and labels), gradients clipped at `clip` as the
+    training recipe does (None: not clipped)."""
+    model(input_ids=ids, labels=ids).loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def spread(values: list[float], count: bool = True) -> dict:
+    """Median, min and max of repeated measurements (and how many, unless `count` is off)."""
+    row = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return {**row, "n": len(values)} if count else row
 
 
 def save_random_base(shape: dict, folder: Path) -> Path:
@@ -65,8 +89,7 @@ def save_random_base(shape: dict, folder: Path) -> Path:
         torch.set_default_dtype(default)
     model.save_pretrained(folder)
     del model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free_cuda_cache()
     return folder
 
 
@@ -80,17 +103,63 @@ def random_examples(n: int, seq: int, vocab: int = 384, seed: int = 0) -> list[d
     return examples
 
 
-def header(script: str, shape: str) -> dict:
-    import peft
-    import transformers
+def randomize_lora_b(model, std: float) -> None:
+    """Make an adapter look trained: PEFT starts every lora_B at zero, which would make all ranks the same model."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, std)
 
-    try:
-        import bitsandbytes
-        bnb = bitsandbytes.__version__
-    except ImportError:
-        bnb = None
-    device = (torch.cuda.get_device_name() if torch.cuda.is_available()
-              else f"{platform.machine()}, {os.cpu_count()} cores, no GPU")
-    return {"script": script, "date": time.strftime("%Y-%m-%d"), "shape": shape, "device": device,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-                         "bitsandbytes": bnb}}
+
+TRAINING_LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes")
+
+
+def versions(*libraries: str) -> dict:
+    """{library: version}, None for one that is not installed (bitsandbytes is missing on some CPU boxes)."""
+    found = {}
+    for name in libraries:
+        try:
+            found[name] = importlib.import_module(name).__version__
+        except ImportError:
+            found[name] = None
+    return found
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} cores, {gpu}"
+
+
+def stamp(script: str, *libraries: str, **fields) -> dict:
+    """The opening of a results JSON for a script measured on this machine: what ran, when, where, with what."""
+    return {"script": script, "date": date.today().isoformat(), **fields, "machine": machine(),
+            "versions": versions(*libraries)}
+
+
+def header(script: str, shape: str) -> dict:
+    """The opening of a results JSON for a random-weights model of `shape` (the GPU scripts)."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else machine()
+    return {"script": script, "date": date.today().isoformat(), "shape": shape, "device": device,
+            "versions": versions(*TRAINING_LIBRARIES)}
+
+
+def write_result(result: dict, out: str | Path) -> None:
+    """The results JSON at `out`, its folder created; rewritten whole, so a reader never sees half of it."""
+    out, part = Path(out), Path(str(out) + ".part")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part.write_text(json.dumps(result, indent=2))
+    part.replace(out)
+
+
+def tiny_or_smollm2(tiny: bool) -> tuple[dict, str]:
+    """The model shape `--tiny` selects and its name for the results header."""
+    return (TINY, "tiny") if tiny else (SMOLLM2_135M, "SmolLM2-135M")
+
+
+def parser(tiny: str | None = None) -> argparse.ArgumentParser:
+    """The arguments the scripts share: `--out` (required) and, given its help, `--tiny` (a CPU smoke test)."""
+    parser = argparse.ArgumentParser()
+    if tiny:
+        parser.add_argument("--tiny", action="store_true", help=tiny)
+    parser.add_argument("--out", required=True)
+    return parser

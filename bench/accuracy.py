@@ -6,11 +6,7 @@ with their bootstrap 95 % intervals, read back from MLflow (what `make demo` rec
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
-from _common import REPO  # noqa: F401  (puts the project on sys.path)
+from _common import parser, write_result
 
 from orchestrator.tracking import open_run  # noqa: E402
 
@@ -22,11 +18,10 @@ def _with_interval(metrics: dict, key: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("run_id")
-    parser.add_argument("--tracking-uri")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    arguments = parser()
+    arguments.add_argument("run_id")
+    arguments.add_argument("--tracking-uri")
+    args = arguments.parse_args()
     tracker, parent = open_run(args.run_id, args.tracking_uri)
     m = parent.data.metrics
     rows = [{"job": f"{parent.data.params.get('adapter.method', 'qdylora')} selected rank {int(m['best_rank'])}",
@@ -40,7 +35,7 @@ def main() -> None:
             rows.append({"job": "base model, zero-shot", "eval_loss": child.data.metrics.get("eval_loss")})
     result = {"script": "bench/accuracy.py", "run_id": args.run_id, "config": parent.data.tags.get("dyrank.config_name"),
               "rows": rows}
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(result, args.out)
     for row in rows:
         cells = [f"{row['eval_loss']:.3f}" if row.get("eval_loss") is not None else ""]
         for k in SCORES:

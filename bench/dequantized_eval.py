@@ -13,17 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
-import sys
-import time
-from datetime import date
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _common import REPO, spread, stamp, timed, write_result
 
 from evaluators.metrics import evaluate  # noqa: E402
 from trainers.batching import encode_all  # noqa: E402
@@ -47,17 +40,15 @@ def main() -> None:
     times, losses = {k: [] for k in models}, {}
     for rep in range(args.repeats + 1):  # the first round warms up and is not timed
         for name in (("nf4", "dequantized") if rep % 2 == 0 else ("dequantized", "nf4")):
-            start = time.perf_counter()
-            losses[name] = evaluate(models[name], examples, tokenizer, batch_size=16)["eval_loss"]
+            losses[name], seconds = timed(lambda: evaluate(models[name], examples, tokenizer, batch_size=16)["eval_loss"])
             if rep:
-                times[name].append(time.perf_counter() - start)
-    spread = {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)} for k, v in times.items()}
-    out = {"script": "bench/dequantized_eval.py", "date": str(date.today()),
-           "machine": f"{platform.machine()} {os.cpu_count()} cores, CPU only",
-           "versions": {"torch": torch.__version__}, "examples": len(examples), "seconds": spread, "loss": losses,
-           "relative_loss_difference": abs(losses["nf4"] - losses["dequantized"]) / losses["nf4"],
-           "ratio_dequantized_over_nf4": spread["dequantized"]["median"] / spread["nf4"]["median"]}
-    (REPO / "bench" / "results" / "dequantized_eval.json").write_text(json.dumps(out, indent=2))
+                times[name].append(seconds)
+    seconds = {k: spread(v) for k, v in times.items()}
+    out = stamp("bench/dequantized_eval.py", "torch")
+    out.update(examples=len(examples), seconds=seconds, loss=losses,
+               relative_loss_difference=abs(losses["nf4"] - losses["dequantized"]) / losses["nf4"],
+               ratio_dequantized_over_nf4=seconds["dequantized"]["median"] / seconds["nf4"]["median"])
+    write_result(out, REPO / "bench" / "results" / "dequantized_eval.json")
     print(json.dumps(out, indent=2))
 
 

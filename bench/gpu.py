@@ -12,16 +12,15 @@ Models are SmolLM2-135M's shape with random weights (built from a config, nothin
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from _common import SMOLLM2_135M, TINY, Pad, header, random_examples, save_random_base, spread, sync
+from _common import (Pad, free_cuda_cache, header, lm_step, parser, random_examples, randomize_lora_b, save_random_base,
+                     spread, timed, tiny_or_smollm2, write_result)
 
 from evaluators.metrics import evaluate  # noqa: E402
 from evaluators.sweep import RankSweep, load_adapter  # noqa: E402
@@ -47,22 +46,19 @@ def p1_step_ratio(base: Path, steps: int, batch: int, seq: int, r: int = 64) -> 
     ids = torch.randint(0, 384, (batch, seq), generator=torch.Generator().manual_seed(0)).to(device)
     names = list(arms)
     times = {name: [] for name in names}
+
+    def train_step(name: str, model, optimizer) -> None:
+        if name == "qdylora":
+            set_active_rank(model, sampler.sample())
+        elif name == "qdylora_at_rmax":
+            set_active_rank(model, r)
+        lm_step(model, optimizer, ids)
+
     for step in range(steps + 3):  # 3 warm-up steps each, not timed
         for name in names[step % 3:] + names[:step % 3]:  # rotating order: drift hits every arm alike
-            model, optimizer = models[name], optimizers[name]
-            sync()
-            start = time.perf_counter()
-            if name == "qdylora":
-                set_active_rank(model, sampler.sample())
-            elif name == "qdylora_at_rmax":
-                set_active_rank(model, r)
-            model(input_ids=ids, labels=ids).loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 0.3)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            sync()
+            _, seconds = timed(lambda: train_step(name, models[name], optimizers[name]))
             if step >= 3:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
     qlora = statistics.median(times["qlora"])
     return {"qdylora_s": spread(times["qdylora"]), "qlora_s": spread(times["qlora"]),
             "qdylora_at_rmax_s": spread(times["qdylora_at_rmax"]),
@@ -75,10 +71,7 @@ def p3_sweep_ratio(base: Path, work: Path, ranks: list[int], n_examples: int, se
     torch.manual_seed(0)
     model = attach_lora(load_base_model(base, QuantSettings()), rank=64, alpha=16, dropout=0.0,
                         target_modules="all-linear", dynamic=True, gradient_checkpointing=False)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.01)
+    randomize_lora_b(model, 0.01)
     adapter = work / "adapter"
     model.save_pretrained(adapter)
     write_adapter_meta(adapter, {"method": "qdylora", "dynamic": True, "r_min": 1, "r_max": 64, "lora_alpha": 16})
@@ -98,18 +91,14 @@ def p3_sweep_ratio(base: Path, work: Path, ranks: list[int], n_examples: int, se
             model = load_adapter(base, exported, QuantSettings())
             losses.append(evaluate(model, examples, Pad(), 8)["eval_loss"])
             del model
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            free_cuda_cache()
         return losses
 
     times = {"ours": [], "naive": []}
     for rep in range(repeats):
         for name, fn in (("ours", ours), ("naive", naive)) if rep % 2 == 0 else (("naive", naive), ("ours", ours)):
-            sync()
-            start = time.perf_counter()
-            losses = fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
+            losses, seconds = timed(fn)
+            times[name].append(seconds)
             times.setdefault(f"{name}_losses", losses)
     same = max(abs(a - b) / abs(b) for a, b in zip(times["ours_losses"], times["naive_losses"]))
     ratio = statistics.median(times["ours"]) / statistics.median(times["naive"])
@@ -118,13 +107,11 @@ def p3_sweep_ratio(base: Path, work: Path, ranks: list[int], n_examples: int, se
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tiny", action="store_true", help="tiny shape: a CPU smoke test of this script")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", type=int, default=60)
-    args = parser.parse_args()
-    shape = TINY if args.tiny else SMOLLM2_135M
-    result = header("bench/gpu.py", "tiny" if args.tiny else "SmolLM2-135M")
+    arguments = parser(tiny="tiny shape: a CPU smoke test of this script")
+    arguments.add_argument("--steps", type=int, default=60)
+    args = arguments.parse_args()
+    shape, shape_name = tiny_or_smollm2(args.tiny)
+    result = header("bench/gpu.py", shape_name)
     with tempfile.TemporaryDirectory() as tmp:
         base = save_random_base(shape, Path(tmp) / "base")
         result["P1"] = p1_step_ratio(base, args.steps, batch=4 if args.tiny else 8, seq=64 if args.tiny else 512)
@@ -132,8 +119,7 @@ def main() -> None:
         result["P3"] = p3_sweep_ratio(base, Path(tmp), [1, 2, 4, 8, 16, 32, 48, 64], n_examples=16 if args.tiny else 64,
                                       seq=64 if args.tiny else 256, repeats=3)
         print("P3", json.dumps(result["P3"]), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 import json
-import platform
 import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _common import REPO, TRAINING_LIBRARIES, stamp, write_result
 
 # method -> overrides of the adapter section (the rest of the config is shared)
 METHODS = {
@@ -117,11 +114,6 @@ def _summarise(rows: dict) -> None:
                    else None)
 
 
-def _write(result: dict, out: str) -> None:
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=2))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=str(REPO / "examples" / "methods-tiny.yaml"))
@@ -141,22 +133,14 @@ def main() -> None:
         return
 
     import torch
-    import transformers
-
-    import peft
 
     torch.set_num_threads(2)
     rows = interleaved(args.config, args.methods, args.steps, args.warmup, args.extra, scratch)
-    result = {
-        "script": "bench/methods.py", "date": date.today().isoformat(), "config": Path(args.config).name,
-        "steps": args.steps, "warmup": args.warmup, "machine": f"{platform.machine()}, "
-        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, {__import__('os').cpu_count()} cores",
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-                     "bitsandbytes": __import__("bitsandbytes").__version__},
-        "overrides": args.extra, "methods": rows,
-    }
+    result = stamp("bench/methods.py", *TRAINING_LIBRARIES, config=Path(args.config).name, steps=args.steps,
+                   warmup=args.warmup)
+    result.update(overrides=args.extra, methods=rows)
     _summarise(rows)
-    _write(result, args.out)  # step times and eval losses are kept even if a memory run below is cut short
+    write_result(result, args.out)  # step times and eval losses are kept even if a memory run below is cut short
     print("step time / qlora:", {n: round(r["step_ratio_to_qlora"] or float("nan"), 3) for n, r in rows.items()},
           flush=True)
 
@@ -175,7 +159,7 @@ def main() -> None:
                                                          "adapter_bytes")})
             print(name, {k: v for k, v in rows[name].items() if k != "step_seconds"}, flush=True)
             _summarise(rows)
-            _write(result, args.out)
+            write_result(result, args.out)
     print(f"{'method':<14}{'step/qlora':>11}{'peak MiB':>10}{'peak/qlora':>11}{'eval_loss':>10}{'trainable':>10}{'saved KiB':>10}")
     for name, r in rows.items():
         print(f"{name:<14}{r['step_ratio_to_qlora'] or float('nan'):>11.2f}{r['peak_memory_bytes'] / 2**20:>10.1f}"

@@ -12,7 +12,6 @@ Compared with k sequential `set_active_rank` + `evaluate` passes; the losses mus
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -21,19 +20,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _common import SMOLLM2_135M, Pad, header, random_examples, save_random_base, spread, timed
+from _common import (SMOLLM2_135M, Pad, header, parser, random_examples, randomize_lora_b, save_random_base, spread,
+                     timed, write_result)
 
 from evaluators.metrics import evaluate  # noqa: E402
 from trainers.adapters import attach_lora  # noqa: E402
 from trainers.batching import IGNORE_INDEX, eval_batches  # noqa: E402
 from trainers.models import QuantSettings, dequantize_once, load_base_model  # noqa: E402
+from trainers.adapters import lora_layers  # noqa: E402
 from trainers.methods.qdylora import set_active_rank  # noqa: E402
-from trainers.adapters import lora_layers as _lora_layers  # noqa: E402
 
 
 @torch.inference_mode()
 def multirank_losses(model, ranks: list[int], examples: list[dict], batch_size: int, alpha: float) -> dict[int, float]:
-    layers = list(_lora_layers(model))
+    layers = list(lora_layers(model))
     r_max = layers[0].lora_A["default"].max_rank
     set_active_rank(model, r_max)
     for layer in layers:
@@ -67,11 +67,10 @@ def multirank_losses(model, ranks: list[int], examples: list[dict], batch_size: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--real", action="store_true", help="SmolLM2-135M-Instruct and countries (CPU)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    arguments = parser()
+    arguments.add_argument("--real", action="store_true", help="SmolLM2-135M-Instruct and countries (CPU)")
+    arguments.add_argument("--repeats", type=int, default=3)
+    args = arguments.parse_args()
     ranks = [1, 2, 4, 8, 16, 32, 48, 64]
     tmp = tempfile.TemporaryDirectory()
     if args.real:
@@ -90,10 +89,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = attach_lora(model, rank=64, alpha=16, dropout=0.0, target_modules="all-linear", dynamic=True,
                         gradient_checkpointing=False).eval()
-    with torch.no_grad():  # a trained-looking adapter: PEFT starts B at zero, which would make all ranks equal
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
+    randomize_lora_b(model, 0.02)
 
     def sequential():
         out = {}
@@ -125,8 +121,7 @@ def main() -> None:
                                                        for b in ranks) for k in variants},
                   losses=losses)
     print(json.dumps({k: result[k] for k in ("ratio_over_sequential", "max_relative_loss_difference")}), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(result, args.out)
     tmp.cleanup()
 
 

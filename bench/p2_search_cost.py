@@ -16,13 +16,13 @@ memory (QLoRA's evaluations get no load cost, which favours the baseline).
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
 
-from _common import SMOLLM2_135M, TINY, Pad, header, random_examples, save_random_base, timed
+from _common import (Pad, header, lm_step, parser, random_examples, save_random_base, timed, tiny_or_smollm2,
+                     write_result)
 
 from evaluators.metrics import evaluate  # noqa: E402
 from trainers.adapters import attach_lora  # noqa: E402
@@ -46,10 +46,7 @@ def train(base: Path, rank: int, dynamic: bool, steps: int, batch: int, seq: int
             if sampler:
                 set_active_rank(model, sampler.sample())
             ids = torch.randint(1, vocab, (batch, seq), generator=g).to(default_device())
-            model(input_ids=ids, labels=ids).loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 0.3)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            lm_step(model, optimizer, ids)
         return model
     return timed(run)
 
@@ -63,15 +60,13 @@ def line_sum(xs: list[int], ys: list[float], upto: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    shape = TINY if args.tiny else SMOLLM2_135M
+    arguments = parser(tiny="tiny shape: a CPU smoke test of this script")
+    arguments.add_argument("--steps", type=int, default=40)
+    args = arguments.parse_args()
+    shape, shape_name = tiny_or_smollm2(args.tiny)
     batch, seq, n_eval = (4, 64, 16) if args.tiny else (8, 256, 64)
     examples = random_examples(n_eval, seq, vocab=384)
-    result = header("bench/p2_search_cost.py", "tiny" if args.tiny else "SmolLM2-135M")
+    result = header("bench/p2_search_cost.py", shape_name)
     result.update(steps=args.steps, batch=batch, seq=seq, eval_examples=n_eval)
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,8 +93,7 @@ def main() -> None:
                   P2a={"qdylora_s": p2a_dy, "qlora_s": p2a_q, "ratio": p2a_dy / p2a_q},
                   P2b={"qdylora_s": p2b_dy, "qlora_s_extrapolated": p2b_q, "ratio": p2b_dy / p2b_q})
     print("P2a", json.dumps(result["P2a"]), "\nP2b", json.dumps(result["P2b"]), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

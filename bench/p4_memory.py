@@ -12,7 +12,6 @@ pages into CUDA unified memory (outside torch's allocator; resident on the GPU w
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from _common import LLAMA_7B, SMOLLM2_135M, TINY, header, save_random_base
+from _common import LLAMA_7B, SMOLLM2_135M, TINY, header, lm_step, parser, save_random_base, write_result
 
 from trainers.adapters import attach_lora  # noqa: E402
 from trainers.memory import paged_optimizer_bytes  # noqa: E402
@@ -49,9 +48,7 @@ def measure(base: Path, nf4: bool, batch: int, seq: int, vocab: int, steps: int 
         if nf4:
             set_active_rank(model, 64 if _ == 0 else sampler.sample())  # the first step at r_max: the worst case
         ids = torch.randint(1, vocab, (batch, seq), generator=g).to(default_device())
-        model(input_ids=ids, labels=ids).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        lm_step(model, optimizer, ids, clip=None)  # no clipping: the recorded peaks were measured without it
     row = {"weights_bytes": weights,
            "torch_peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
            "paged_optimizer_bytes": paged_optimizer_bytes(optimizer)}
@@ -70,10 +67,7 @@ def estimate(shape: dict, nf4: bool, batch: int, seq: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    args = parser(tiny="tiny shape: a CPU smoke test of this script (no peaks measured)").parse_args()
     runs = ([("tiny", TINY, 4, 64)] if args.tiny else
             [("SmolLM2-135M", SMOLLM2_135M, 8, 512), ("Llama-7B shape", LLAMA_7B, 4, 512)])
     result = header("bench/p4_memory.py", ", ".join(name for name, *_ in runs))
@@ -96,8 +90,7 @@ def main() -> None:
                 row["weights_ratio"] = q["weights_bytes"] / b["weights_bytes"]
                 row["peak_ratio"] = q["peak_bytes"] / b["peak_bytes"]
             result["rows"].append(row)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

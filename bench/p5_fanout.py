@@ -11,7 +11,6 @@ interleaved, repeated; speedup(N) = median wall(1) / median wall(N); goal speedu
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -22,7 +21,7 @@ from pathlib import Path
 import ray
 import torch
 
-from _common import header, spread, timed
+from _common import header, parser, randomize_lora_b, spread, timed, write_result
 
 from orchestrator.actors import RankEvaluator, actor_options, read_adapter_files  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
@@ -38,10 +37,7 @@ def random_adapter(cfg, folder: Path) -> Path:
     r_max = cfg.adapter.r_max
     model = attach_lora(load_base_model(resolve_base(cfg.model.source)), rank=r_max, alpha=16, dropout=0.0,
                         target_modules="all-linear", dynamic=True, gradient_checkpointing=False)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
+    randomize_lora_b(model, 0.02)
     model.save_pretrained(folder)
     write_adapter_meta(folder, {"method": "qdylora", "dynamic": True, "r_min": 1, "r_max": r_max, "lora_alpha": 16})
     return folder
@@ -62,13 +58,12 @@ def sweep(actors, ranks: list[int], files_ref) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--ranks", type=int, default=16, help="ranks swept (1..N)")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--sizes", default="1,2,4")
-    parser.add_argument("--config", default=str(EXAMPLE), help="pipeline config whose model, data and evaluation to use")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    arguments = parser()
+    arguments.add_argument("--ranks", type=int, default=16, help="ranks swept (1..N)")
+    arguments.add_argument("--repeats", type=int, default=2)
+    arguments.add_argument("--sizes", default="1,2,4")
+    arguments.add_argument("--config", default=str(EXAMPLE), help="pipeline config whose model, data and evaluation to use")
+    args = arguments.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     cfg = load_config(args.config, ["resources.evaluator_cpus=1"])
     ray.init(address="local", num_cpus=max(sizes), include_dashboard=False, log_to_driver=False)
@@ -93,8 +88,7 @@ def main() -> None:
                   speedup={str(n): one / statistics.median(v) for n, v in times.items()},
                   efficiency={str(n): one / statistics.median(v) / n for n, v in times.items()})
     print(json.dumps({k: result[k] for k in ("speedup", "efficiency")}), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
-import sys
 import tempfile
-from datetime import date
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _common import REPO, spread, stamp, write_result
 
 
 def one_run(evaluators: int, store: Path) -> dict:
@@ -58,17 +53,11 @@ def main() -> None:
     summary = {}
     for n in (1, 2):
         mine = [r for r in rows if r["evaluators"] == n]
-        summary[n] = {k: {"median": statistics.median(r[k] for r in mine), "min": min(r[k] for r in mine),
-                          "max": max(r[k] for r in mine)} for k in ("sweep_s", "eval_compute_s", "pipeline_s")}
-    import ray
-    import torch
-
-    out = {"script": "bench/tiny_pipeline_fanout.py", "date": str(date.today()), "machine":
-           f"{platform.machine()} {os.cpu_count()} cores, CPU only", "versions": {"torch": torch.__version__,
-           "ray": ray.__version__}, "runs": rows, "summary": summary,
-           "sweep_speedup_2_over_1": summary[1]["sweep_s"]["median"] / summary[2]["sweep_s"]["median"]}
-    path = REPO / "bench" / "results" / "tiny_pipeline_fanout.json"
-    path.write_text(json.dumps(out, indent=2))
+        summary[n] = {k: spread([r[k] for r in mine], count=False) for k in ("sweep_s", "eval_compute_s", "pipeline_s")}
+    out = stamp("bench/tiny_pipeline_fanout.py", "torch", "ray")
+    out.update(runs=rows, summary=summary,
+               sweep_speedup_2_over_1=summary[1]["sweep_s"]["median"] / summary[2]["sweep_s"]["median"])
+    write_result(out, REPO / "bench" / "results" / "tiny_pipeline_fanout.json")
     print(json.dumps(out["summary"], indent=2), "\nspeedup", out["sweep_speedup_2_over_1"])
 
 

@@ -215,20 +215,20 @@ def cmd_export(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from trainers import registry
+    from trainers import model_registry
 
     if args.action == "list":
-        for model_id, spec in registry.REGISTERED_MODELS.items():
-            cached = "cached" if registry.model_file(model_id).exists() else "not fetched"
+        for model_id, spec in model_registry.REGISTERED_MODELS.items():
+            cached = "cached" if model_registry.model_file(model_id).exists() else "not fetched"
             print(f"{model_id:<24} {spec.requirement:<22} {spec.license:<12} {cached}")
         return 0
     if not args.model_id:
         raise UsageError("dyrank models fetch needs a model id; see dyrank models list")
     from trainers.models import resolve_base
 
-    registry.get_spec(args.model_id)  # an unknown id is an error that lists the known ones
+    model_registry.get_spec(args.model_id)  # an unknown id is an error that lists the known ones
     folder = resolve_base(args.model_id)  # fetch (sha256-checked) and dequantize once into the cache
-    print(f"{args.model_id}: {registry.model_file(args.model_id)}\n  ready to load from {folder}")
+    print(f"{args.model_id}: {model_registry.model_file(args.model_id)}\n  ready to load from {folder}")
     return 0
 
 

@@ -19,7 +19,7 @@ from trainers.datasets import BUILDABLE_DATASETS
 from trainers.datasets.splits import PACKAGED_DATASETS
 from trainers.methods import all_specs, get_spec
 from trainers.presets import PRESETS
-from trainers.registry import REGISTERED_MODELS
+from trainers.model_registry import REGISTERED_MODELS
 
 __all__ = ["AdapterConfig", "ConfigError", "DataConfig", "EvaluationConfig", "JobConfig", "ModelConfig",
            "QuantizationConfig", "TrainingConfig", "format_validation_errors", "load_job_config", "parse_job_config"]

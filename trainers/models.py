@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from trainers import registry
+from trainers import model_registry as registry
 from trainers.paths import cache_dir, sha256_file
 from trainers.presets import PRESETS
 

@@ -24,9 +24,9 @@ from typing import Callable
 from filelock import FileLock
 
 from trainers.datasets import countries, wordnet
-from trainers.datasets.common import SPLITS, sha256_bytes, sha256_file, to_jsonl, write_atomic
+from trainers.datasets.common import SPLITS, sha256_bytes, to_jsonl, write_atomic
 from trainers.datasets.sources import SOURCES, fetch_source
-from trainers.paths import cache_dir
+from trainers.paths import cache_dir, sha256_file
 
 MANIFEST = "manifest.json"
 

