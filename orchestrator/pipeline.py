@@ -218,7 +218,7 @@ class Pipeline:
                 continue
             self._record_eval(result)
             results[rank] = result.row()
-            self.on_event("eval", results[rank])
+            self.on_event("eval", {**results[rank], "actor_id": result.placement.actor_id})
         return [results[r] for r in sorted(results)]
 
     # ---- the whole thing -------------------------------------------------------------------------
