@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
@@ -13,6 +14,10 @@ from plotly.subplots import make_subplots
 
 from dashboards.html import Page
 from dashboards.summary import plot_ranks
+from orchestrator.tags import KIND_TAG
+
+if TYPE_CHECKING:
+    from orchestrator.tracking import Tracker
 
 RANK_METRICS = ("eval_loss", "eval_perplexity", "eval_exact_match")
 
@@ -32,22 +37,22 @@ class PipelineData:
         return int(self.run.data.metrics["best_rank"])
 
 
-def load_pipeline(tracker, run_id: str) -> PipelineData:
+def load_pipeline(tracker: Tracker, run_id: str) -> PipelineData:
     run = tracker.run(run_id)
     children = [c for c in tracker.children(run_id) if c.info.status == "FINISHED"]
 
     def rows(kind: str) -> list[dict]:
         found = [{"rank": int(c.data.params["rank"]), **c.data.metrics, "_run": c.info.run_id}
-                 for c in children if c.data.tags.get("dyrank.kind") == kind]
+                 for c in children if c.data.tags.get(KIND_TAG) == kind]
         return sorted(found, key=lambda r: r["rank"])
 
-    zeroshot = next((dict(c.data.metrics) for c in children if c.data.tags.get("dyrank.kind") == "zeroshot"), {})
+    zeroshot = next((dict(c.data.metrics) for c in children if c.data.tags.get(KIND_TAG) == "zeroshot"), {})
     data = PipelineData(run, run.data.params.get("selection.metric", "eval_loss"), rows("eval"), rows("baseline"), zeroshot)
     method = run.data.params.get("adapter.method", "qdylora")
     for kind, label in [("train", method)] + [("baseline", None)]:
-        for c in (c for c in children if c.data.tags.get("dyrank.kind") == kind):
+        for c in (c for c in children if c.data.tags.get(KIND_TAG) == kind):
             name = label or f"qlora r={c.data.params['rank']}"
-            history = tracker.client.get_metric_history(c.info.run_id, "train_loss")
+            history = tracker.metric_history(c.info.run_id, "train_loss")
             data.curves[name] = sorted((m.step, m.value) for m in history)
             data.costs[f"{name} train" if kind == "train" else f"{name} train+eval"] = c.data.metrics.get("device_seconds", 0.0)
     data.costs[f"{method} rank sweep ({len(data.ranks)} ranks)"] = run.data.metrics.get("eval_device_seconds", 0.0)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.tracking_uri import parse_tracking_uri
 from trainers.data import BUILTIN_DATASETS
 from trainers.datasets import BUILT_DATASETS
 from trainers.methods import METHODS, MethodName
@@ -241,17 +242,14 @@ class BaselinesConfig(_Section):
         return value
 
 
-TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "file://", "postgresql", "mysql", "databricks")
-
-
 class TrackingConfig(_Section):
     uri: str | None = Field(None, description="MLflow tracking URI; MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db.")
 
     @field_validator("uri")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(TRACKING_SCHEMES):
-            raise ValueError(f"unsupported tracking URI {value!r}; use one of {', '.join(TRACKING_SCHEMES)}")
+        if value is not None:
+            parse_tracking_uri(value)  # a ValueError naming the supported forms
         return value
     experiment: str | None = Field(None, description="MLflow experiment; default: the config's name.")
     max_outage_seconds: PositiveFloat = Field(

@@ -34,7 +34,8 @@ from orchestrator.buffered_tracking import BufferedTracker
 from orchestrator.config import parse_config
 from orchestrator.errors import PipelineError
 from orchestrator.ray_runtime import in_ray_job
-from orchestrator.tracking import Tracker, check_reachable, open_run, resolve_tracking_uri
+from orchestrator.tracking import MlflowTracker, Tracker, check_reachable, open_run, resolve_tracking_uri
+from orchestrator.tracking_uri import is_durable_in_ray_job
 from trainers.data import load_splits, split_fingerprint
 from trainers.paths import cache_dir
 
@@ -354,7 +355,7 @@ def _preflight(cfg) -> tuple[Tracker, dict]:
     """Everything that can be known before an actor starts: data readable, actors fit their declared GPU
     memory, tracking store reachable."""
     if in_ray_job() and not os.environ.get("MLFLOW_TRACKING_URI") and not (
-        cfg.tracking.uri and (cfg.tracking.uri.startswith(("http://", "https://", "sqlite:////")))
+        cfg.tracking.uri and is_durable_in_ray_job(cfg.tracking.uri)
     ):
         raise PipelineError(
             "inside a Ray job the working folder is temporary, so a default ./mlflow.db would vanish; pass one: "
@@ -372,7 +373,7 @@ def _preflight(cfg) -> tuple[Tracker, dict]:
     check_reachable(uri)
     ray_runtime.check_reachable(cfg.resources.ray_address)
     fingerprints = {f"data.{name}.{k}": v for name, records in splits.items() for k, v in split_fingerprint(records).items()}
-    return Tracker(uri), fingerprints
+    return MlflowTracker(uri), fingerprints
 
 
 def _execute(cfg, tracker: Tracker, parent_id: str, on_event, step_sink=None) -> PipelineResult:
@@ -408,7 +409,7 @@ def run_pipeline(cfg, on_event=None, *, nest_under: str | None = None, tags: dic
     parent_id = tracker.create_run(experiment, "pipeline", cfg.name, nest_under,
                                    params={**cfg.model_dump(mode="json"), **fingerprints},
                                    tags={"dyrank.config_name": cfg.name, **(tags or {})})
-    tracker.client.log_text(parent_id, cfg.to_yaml(), "config.yaml")
+    tracker.log_text(parent_id, cfg.to_yaml(), "config.yaml")
     on_event("started", {"parent_run_id": parent_id, "tracking_uri": tracker.uri})
     return _execute(cfg, tracker, parent_id, on_event, step_sink)
 
@@ -424,6 +425,6 @@ def resume_pipeline(parent_id: str, tracking_uri: str | None = None, on_event=No
     text = (Path(tracker.download(parent_id, "config.yaml", cache_dir("pipelines", parent_id)))).read_text()
     cfg = parse_config(yaml.safe_load(text), f"config.yaml of run {parent_id}")
     _preflight(cfg)
-    tracker.client.update_run(parent_id, status="RUNNING")
+    tracker.reopen(parent_id)
     on_event("started", {"parent_run_id": parent_id, "tracking_uri": tracker.uri})
     return _execute(cfg, tracker, parent_id, on_event)
