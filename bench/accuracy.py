@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from _common import parser, write_result
 
+from orchestrator.tags import CONFIG_NAME_TAG, KIND_TAG  # noqa: E402
 from orchestrator.tracking import open_run  # noqa: E402
 
 SCORES = ("test_loss", "test_gen_exact_match", "test_exact_match")
@@ -27,13 +28,13 @@ def main() -> None:
     rows = [{"job": f"{parent.data.params.get('adapter.method', 'qdylora')} selected rank {int(m['best_rank'])}",
              "eval_loss": m.get("best_eval_loss"), **{k: _with_interval(m, f"selected_{k}") for k in SCORES}}]
     for child in tracker.children(args.run_id):
-        if child.data.tags.get("dyrank.kind") == "baseline":
+        if child.data.tags.get(KIND_TAG) == "baseline":
             cm = child.data.metrics
             rows.append({"job": child.info.run_name, "eval_loss": cm.get("eval_loss"),
                          **{k: _with_interval(cm, k) for k in SCORES}})
-        if child.data.tags.get("dyrank.kind") == "zeroshot":
+        if child.data.tags.get(KIND_TAG) == "zeroshot":
             rows.append({"job": "base model, zero-shot", "eval_loss": child.data.metrics.get("eval_loss")})
-    result = {"script": "bench/accuracy.py", "run_id": args.run_id, "config": parent.data.tags.get("dyrank.config_name"),
+    result = {"script": "bench/accuracy.py", "run_id": args.run_id, "config": parent.data.tags.get(CONFIG_NAME_TAG),
               "rows": rows}
     write_result(result, args.out)
     for row in rows:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
@@ -13,6 +14,11 @@ from plotly.subplots import make_subplots
 
 from dashboards.html import Page
 from dashboards.summary import plot_ranks
+from trainers.methods import display_name
+from orchestrator.tags import KIND_TAG
+
+if TYPE_CHECKING:
+    from orchestrator.tracking import Tracker
 
 RANK_METRICS = ("eval_loss", "eval_perplexity", "eval_exact_match")
 
@@ -21,6 +27,7 @@ RANK_METRICS = ("eval_loss", "eval_perplexity", "eval_exact_match")
 class PipelineData:
     run: object
     metric: str
+    method: str  # the main training's method
     ranks: list[dict]
     baselines: list[dict]
     zeroshot: dict
@@ -32,22 +39,23 @@ class PipelineData:
         return int(self.run.data.metrics["best_rank"])
 
 
-def load_pipeline(tracker, run_id: str) -> PipelineData:
+def load_pipeline(tracker: Tracker, run_id: str) -> PipelineData:
     run = tracker.run(run_id)
     children = [c for c in tracker.children(run_id) if c.info.status == "FINISHED"]
 
     def rows(kind: str) -> list[dict]:
-        found = [{"rank": int(c.data.params["rank"]), **c.data.metrics, "_run": c.info.run_id}
-                 for c in children if c.data.tags.get("dyrank.kind") == kind]
+        found = [{"rank": int(c.data.params["rank"]), "method": c.data.params.get("method"), **c.data.metrics,
+                  "_run": c.info.run_id} for c in children if c.data.tags.get(KIND_TAG) == kind]
         return sorted(found, key=lambda r: r["rank"])
 
-    zeroshot = next((dict(c.data.metrics) for c in children if c.data.tags.get("dyrank.kind") == "zeroshot"), {})
-    data = PipelineData(run, run.data.params.get("selection.metric", "eval_loss"), rows("eval"), rows("baseline"), zeroshot)
+    zeroshot = next((dict(c.data.metrics) for c in children if c.data.tags.get(KIND_TAG) == "zeroshot"), {})
     method = run.data.params.get("adapter.method", "qdylora")
-    for kind, label in [("train", method)] + [("baseline", None)]:
-        for c in (c for c in children if c.data.tags.get("dyrank.kind") == kind):
-            name = label or f"qlora r={c.data.params['rank']}"
-            history = tracker.client.get_metric_history(c.info.run_id, "train_loss")
+    data = PipelineData(run, run.data.params.get("selection.metric", "eval_loss"), method, rows("eval"),
+                        rows("baseline"), zeroshot)
+    for kind in ("train", "baseline"):
+        for c in (c for c in children if c.data.tags.get(KIND_TAG) == kind):
+            name = method if kind == "train" else f"{c.data.params['method']} r={c.data.params['rank']}"
+            history = tracker.metric_history(c.info.run_id, "train_loss")
             data.curves[name] = sorted((m.step, m.value) for m in history)
             data.costs[f"{name} train" if kind == "train" else f"{name} train+eval"] = c.data.metrics.get("device_seconds", 0.0)
     data.costs[f"{method} rank sweep ({len(data.ranks)} ranks)"] = run.data.metrics.get("eval_device_seconds", 0.0)
@@ -59,7 +67,7 @@ def _rank_figure(d: PipelineData) -> go.Figure:
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[f"{m} (validation)" for m in metrics])
     for col, metric in enumerate(metrics, start=1):
         x = [r["rank"] for r in d.ranks]
-        fig.add_trace(go.Scatter(x=x, y=[r[metric] for r in d.ranks], mode="lines+markers", name="QDyLoRA (one adapter)",
+        fig.add_trace(go.Scatter(x=x, y=[r[metric] for r in d.ranks], mode="lines+markers", name=f"{display_name(d.method)} (one adapter)",
                                  legendgroup="q", showlegend=col == 1, line={"color": "#1f77b4"}), row=1, col=col)
         chosen = [r for r in d.ranks if r["rank"] == d.selected]
         fig.add_trace(go.Scatter(x=[d.selected], y=[chosen[0][metric]] if chosen else [], mode="markers",
@@ -68,9 +76,10 @@ def _rank_figure(d: PipelineData) -> go.Figure:
         for i, base in enumerate(d.baselines):
             if metric in base:
                 fig.add_trace(go.Scatter(x=[min(x), max(x)], y=[base[metric]] * 2, mode="lines", line={"dash": "dash"},
-                                         name=f"QLoRA r={base['rank']}", legendgroup=f"b{i}", showlegend=col == 1), row=1, col=col)
+                                         name=f"{display_name(base['method'])} r={base['rank']}", legendgroup=f"b{i}",
+                                         showlegend=col == 1), row=1, col=col)
         fig.update_xaxes(title_text="rank", row=1, col=col)
-    fig.update_layout(title="Every rank from one training run, QLoRA baselines dashed", margin={"t": 70})
+    fig.update_layout(title="Every rank from one training run, baselines dashed", margin={"t": 70})
     return fig
 
 
@@ -119,8 +128,9 @@ def add_pipeline_section(page: Page, d: PipelineData, png_dir: Path, title: str)
     m = d.run.data.metrics
     page.note(f"MLflow run {d.run.info.run_id} ({d.run.info.status}); selected rank {d.selected} on validation {d.metric}")
     header = ["method", "rank", *[k for k in RANK_METRICS if d.ranks and k in d.ranks[0]]]
-    rows = [["qdylora" + (" *" if r["rank"] == d.selected else ""), r["rank"], *[r.get(k, "") for k in header[2:]]] for r in d.ranks]
-    rows += [["qlora", b["rank"], *[b.get(k, "") for k in header[2:]]] for b in d.baselines]
+    rows = [[d.method + (" *" if r["rank"] == d.selected else ""), r["rank"], *[r.get(k, "") for k in header[2:]]]
+            for r in d.ranks]
+    rows += [[b["method"], b["rank"], *[b.get(k, "") for k in header[2:]]] for b in d.baselines]
     page.table(header, rows)
     if d.zeroshot:
         page.note(f"base model (zero-shot) {d.metric}: {d.zeroshot.get(d.metric, float('nan')):.4g}")
@@ -128,7 +138,8 @@ def add_pipeline_section(page: Page, d: PipelineData, png_dir: Path, title: str)
     if d.ranks:
         page.plotly(_rank_figure(d))
         zeroshot = {k: v for k, v in d.zeroshot.items()}
-        pngs.append(plot_ranks(d.ranks, d.baselines, d.selected, png_dir / "rank_vs_metric.png", d.metric, zeroshot))
+        pngs.append(plot_ranks(d.ranks, d.baselines, d.selected, png_dir / "rank_vs_metric.png", d.metric, zeroshot,
+                               d.method))
     page.plotly(_cost_figure(d))
     pngs.append(_png_bars(d.costs, png_dir / "cost.png"))
     if d.curves:

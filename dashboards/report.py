@@ -16,7 +16,8 @@ from dashboards.html import Page
 from dashboards.pipeline_report import add_pipeline_section, load_pipeline
 from orchestrator.errors import UsageError
 from orchestrator.study_storage import open_storage
-from orchestrator.tracking import KIND_TAG, Tracker, check_reachable, resolve_tracking_uri
+from orchestrator.tags import KIND_TAG, STUDY_TAG
+from orchestrator.tracking import MlflowTracker, Tracker, check_reachable, open_run, resolve_tracking_uri
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 TRACKING_ATTR = "mlflow_tracking_uri"  # set on the study by its driver
@@ -76,18 +77,12 @@ def write_report(target: str, tracking_uri: str | None = None, storage: str | No
     out_dir = Path(out_dir).resolve()
     storage = storage or default_storage()
     if RUN_ID.match(target):
-        uri = resolve_tracking_uri(tracking_uri)
-        check_reachable(uri)
-        tracker = Tracker(uri)
-        try:
-            run = tracker.run(target)
-        except Exception:
-            raise UsageError(f"no run {target} in {uri}") from None
+        tracker, run = open_run(target, tracking_uri)
         kind = run.data.tags.get(KIND_TAG)
         if kind == "pipeline":
             return pipeline_report(tracker, target, out_dir)
         if kind == "study":
-            target = run.data.tags["dyrank.study"]
+            target = run.data.tags[STUDY_TAG]
         else:
             raise UsageError(f"run {target} is a {kind} run; give a pipeline run id, a study run id or a study name")
     study = _load_study(target, storage)
@@ -96,4 +91,4 @@ def write_report(target: str, tracking_uri: str | None = None, storage: str | No
     # An explicit --tracking-uri, else the store the study's driver recorded (absolute), else the usual default.
     uri = resolve_tracking_uri(tracking_uri) if tracking_uri else study.user_attrs.get(TRACKING_ATTR) or resolve_tracking_uri(None)
     check_reachable(uri)
-    return study_report(study, Tracker(uri), out_dir)
+    return study_report(study, MlflowTracker(uri), out_dir)

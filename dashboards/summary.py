@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from trainers.costs import COST_KEYS
-from trainers.methods import get_spec
+from trainers.methods import display_name
 
 COLUMNS = ("eval_loss", "eval_perplexity", "eval_exact_match")
 
@@ -65,10 +65,10 @@ def plot_ranks(ranks: list[dict], baselines: list[dict], selected_rank: int, pat
     rows = sorted(ranks, key=lambda r: r["rank"])
     fig = Figure(figsize=(7, 4), dpi=120)
     ax = fig.subplots()
-    label = get_spec(method).display
+    label = display_name(method)
     ax.plot([r["rank"] for r in rows], [r[metric] for r in rows], marker="o", ms=3, label=f"{label} (one adapter)")
     for i, base in enumerate(sorted(baselines, key=lambda r: r["rank"])):
-        ax.axhline(base[metric], ls="--", color=f"C{(i + 1) % 10}", label=f"{get_spec(base['method']).display} r={base['rank']}")
+        ax.axhline(base[metric], ls="--", color=f"C{(i + 1) % 10}", label=f"{display_name(base['method'])} r={base['rank']}")
     values = [r[metric] for r in rows] + [b[metric] for b in baselines]
     low, high = min(values), max(values)
     if zeroshot and metric in zeroshot:

@@ -10,27 +10,31 @@ unique `dyrank.record_id` tag that a retry looks up first, because a create whos
 have reached the store. Until the writer has created a run, the pipeline holds a `pending-...` handle
 for it; later writes name the handle and the writer puts the real id in.
 
-Anything not buffered here (reads, rarely used writes) runs in the caller's thread after a flush, with
-the same retries, so reads always see every earlier write.
+Reads, and the two calls whose outcome the caller needs (experiment_id, reopen), run in the caller's
+thread after a flush, with the same retries, so reads always see every earlier write.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
 import time
 import uuid
 from collections import deque
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import requests
 from mlflow.exceptions import MlflowException
 
 from orchestrator.errors import TrackingError
-from orchestrator.tracking import Tracker
+from orchestrator.tags import RECORD_TAG
+from orchestrator.tracking import MlflowTracker
+from orchestrator.tracking_uri import is_remote_http
 
-RECORD_TAG = "dyrank.record_id"
+__all__ = ["PENDING", "RECORD_TAG", "BufferedTracker", "is_transient"]
 PENDING = "pending-"
 _log = logging.getLogger("dyrank.tracking")
 
@@ -53,14 +57,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 class BufferedTracker:
-    """Tracker's interface for the pipeline driver. Buffered: create_run, log, log_params, log_metrics,
-    log_series, set_tags, log_artifact, finish, fail, terminate, log_text. Everything else passes
-    through to Tracker after a flush."""
+    """The Tracker interface in front of an MlflowTracker, for the pipeline and study drivers.
 
-    def __init__(self, tracker: Tracker, max_outage_seconds: float, backoff_cap: float = 5.0):
-        self.tracker, self.uri = tracker, tracker.uri
+    Buffered (queued, in order, returning at once): create_run, log, log_params, log_metrics, log_series,
+    set_tags, log_artifact, log_text, log_dict, finish, fail, terminate. Synchronous, after a flush and
+    with the same retries: the reads, experiment_id (its id is needed now) and reopen (a caller falls
+    back to a new run when the old one is gone, so it must hear the refusal)."""
+
+    def __init__(self, tracker: MlflowTracker, max_outage_seconds: float, backoff_cap: float = 5.0):
+        self._tracker, self.uri = tracker, tracker.uri
         self.max_outage, self.backoff_cap = max_outage_seconds, backoff_cap
-        self.remote = tracker.uri.startswith(("http://", "https://"))
+        self.remote = is_remote_http(tracker.uri)
         if self.remote:
             # MLflow's own HTTP retries back off for minutes per call, past any outage limit: retry here instead.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -71,6 +78,9 @@ class BufferedTracker:
         self._cv = threading.Condition()
         self._writer = threading.Thread(target=self._drain, name="dyrank-mlflow-writer", daemon=True)
         self._writer.start()
+
+    def experiment_id(self, name: str) -> str:
+        return self._now("experiment_id", lambda: self._tracker.experiment_id(name))
 
     # ---- the buffered writes ----------------------------------------------------------------------
     def create_run(self, experiment_id: str, kind: str, name: str, parent_id: str | None = None,
@@ -92,14 +102,20 @@ class BufferedTracker:
     def log_metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
         self.log(run_id, metrics=metrics, step=step)
 
-    def log_series(self, run_id: str, rows, keys) -> None:
+    def log_series(self, run_id: str, rows: Iterable[dict], keys: Iterable[str]) -> None:
         self._put("log_series", run_id, list(rows), list(keys), timestamp_ms=_now_ms())
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         self._put("set_tags", run_id, dict(tags))
 
-    def log_artifact(self, run_id: str, path, artifact_path: str | None = None) -> None:
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self._put("log_artifact", run_id, path, artifact_path)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self._put("log_text", run_id, text, artifact_file)
+
+    def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> None:
+        self._put("log_dict", run_id, copy.deepcopy(obj), artifact_file)  # as it is now, not when written
 
     def finish(self, run_id: str, end_time: float | None = None) -> None:
         self._put("finish", run_id, end_time or time.time())
@@ -110,10 +126,26 @@ class BufferedTracker:
     def terminate(self, run_id: str, status: str) -> None:
         self._put("terminate", run_id, status)
 
-    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self._put("log_text", run_id, text, artifact_file)
+    def reopen(self, run_id: str) -> None:
+        self._now("reopen", lambda: self._tracker.reopen(self.resolve(run_id)))
 
-    # ---- flushing, reads and the rest --------------------------------------------------------------
+    # ---- reads: every earlier write first ----------------------------------------------------------
+    def run(self, run_id: str):
+        return self._now("run", lambda: self._tracker.run(self.resolve(run_id)))
+
+    def children(self, parent_id: str, kind: str | None = None) -> list:
+        return self._now("children", lambda: self._tracker.children(self.resolve(parent_id), kind))
+
+    def find_by_tag(self, experiment_id: str, key: str, value: str) -> str | None:
+        return self._now("find_by_tag", lambda: self._tracker.find_by_tag(experiment_id, key, value))
+
+    def download(self, run_id: str, artifact_path: str, dst: str | Path) -> Path:
+        return self._now("download", lambda: self._tracker.download(self.resolve(run_id), artifact_path, dst))
+
+    def metric_history(self, run_id: str, key: str) -> list:
+        return self._now("metric_history", lambda: self._tracker.metric_history(self.resolve(run_id), key))
+
+    # ---- flushing ----------------------------------------------------------------------------------
     def flush(self) -> None:
         """Wait until every buffered write is in the store; a TrackingError if the store stayed away."""
         with self._cv:
@@ -135,23 +167,10 @@ class BufferedTracker:
         """The real run id behind a pending handle (after a flush), or the id itself."""
         return self._ids.get(run_id, run_id)
 
-    @property
-    def client(self):
+    def _now(self, what: str, call: Callable[[], Any]) -> Any:
+        """A call whose outcome the caller needs: after every buffered write, in the caller's thread."""
         self.flush()
-        return self.tracker.client
-
-    def __getattr__(self, name: str) -> Callable:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        method = getattr(self.tracker, name)
-        if not callable(method):
-            return method
-
-        def synchronous(*args, **kwargs):
-            self.flush()
-            return self._retrying(lambda: method(*[self.resolve(a) if isinstance(a, str) else a for a in args], **kwargs),
-                                  name)
-        return synchronous
+        return self._retrying(call, what)
 
     # ---- the writer --------------------------------------------------------------------------------
     def _put(self, op: str, *args, **kwargs) -> None:
@@ -176,7 +195,7 @@ class BufferedTracker:
                 if op == "_create":
                     self._ids[args[0]] = self._create(*args[1:])
                 else:
-                    self._retrying(lambda: getattr(self.tracker, op)(run_id, *args[1:], **kwargs), op)
+                    self._retrying(lambda: getattr(self._tracker, op)(run_id, *args[1:], **kwargs), op)
             except TrackingError as exc:
                 with self._cv:
                     self._error = exc
@@ -192,11 +211,11 @@ class BufferedTracker:
 
         def attempt() -> str:
             if tries:  # an earlier try may have reached the store before its reply was lost
-                found = self.tracker.find_by_tag(experiment_id, RECORD_TAG, tags[RECORD_TAG])
+                found = self._tracker.find_by_tag(experiment_id, RECORD_TAG, tags[RECORD_TAG])
                 if found:
                     return found
             tries.append(1)
-            return self.tracker.create_run(experiment_id, kind, name, self.resolve(parent_id) if parent_id else None,
+            return self._tracker.create_run(experiment_id, kind, name, self.resolve(parent_id) if parent_id else None,
                                            None, tags, start_time)
         return self._retrying(attempt, f"create run {name}")
 

@@ -134,13 +134,14 @@ def cmd_resume(args) -> int:
 def cmd_study(args) -> int:
     import optuna
 
+    from dashboards.summary import write_pipeline_outputs
     from orchestrator.study import run_study
     from orchestrator.study_config import load_study_config
 
     cfg = load_study_config(args.config, args.overrides)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver prints each trial itself
     try:
-        result = run_study(cfg, on_event=_print_study_event)
+        result = run_study(cfg, on_event=_print_study_event, write_outputs=write_pipeline_outputs)
     except KeyboardInterrupt:
         print(f"\nstudy {cfg.name} interrupted; run the same command to resume it", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from orchestrator.tracking_uri import parse_tracking_uri
 from trainers.config import JobConfig
 from trainers.config_base import (ConfigError, PositiveFloat, PositiveInt, Section, apply_overrides, error_lines,
                                   format_validation_errors, read_config_file)
@@ -64,8 +65,8 @@ class TrackingConfig(Section):
     @field_validator("uri")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(TRACKING_SCHEMES):
-            raise ValueError(f"unsupported tracking URI {value!r}; use one of {', '.join(TRACKING_SCHEMES)}")
+        if value is not None:
+            parse_tracking_uri(value)  # a ValueError naming the supported forms
         return value
     experiment: str | None = Field(None, description="MLflow experiment; default: the config's name.")
     max_outage_seconds: PositiveFloat = Field(

@@ -36,7 +36,8 @@ from orchestrator.messages import EvalResult, JobKey, TrainingReply
 from orchestrator.provenance import provenance_tags
 from orchestrator.ray_runtime import in_ray_job
 from orchestrator.run_records import RunRecords
-from orchestrator.tracking import Tracker, check_reachable, open_run, resolve_tracking_uri
+from orchestrator.tracking import MlflowTracker, Tracker, check_reachable, open_run, resolve_tracking_uri
+from orchestrator.tracking_uri import is_durable_in_ray_job
 from trainers.datasets.splits import load_splits, split_fingerprint
 from trainers.paths import cache_dir
 
@@ -289,7 +290,7 @@ def _preflight(cfg) -> tuple[Tracker, dict]:
     """Everything that can be known before an actor starts: data readable, actors fit their declared GPU
     memory, tracking store reachable."""
     if in_ray_job() and not os.environ.get("MLFLOW_TRACKING_URI") and not (
-        cfg.tracking.uri and (cfg.tracking.uri.startswith(("http://", "https://", "sqlite:////")))
+        cfg.tracking.uri and is_durable_in_ray_job(cfg.tracking.uri)
     ):
         raise PipelineError(
             "inside a Ray job the working folder is temporary, so a default ./mlflow.db would vanish; pass one: "
@@ -307,7 +308,7 @@ def _preflight(cfg) -> tuple[Tracker, dict]:
     check_reachable(uri)
     ray_runtime.check_reachable(cfg.resources.ray_address)
     fingerprints = {f"data.{name}.{k}": v for name, records in splits.items() for k, v in split_fingerprint(records).items()}
-    return Tracker(uri), fingerprints
+    return MlflowTracker(uri), fingerprints
 
 
 def _execute(cfg, tracker: Tracker, parent_id: str, on_event, step_sink=None,
@@ -345,7 +346,7 @@ def run_pipeline(cfg: Config, on_event=None, *, nest_under: str | None = None, r
     parent_id = tracker.create_run(experiment, "pipeline", cfg.name, nest_under,
                                    params={**cfg.model_dump(mode="json"), **fingerprints},
                                    tags={tags.CONFIG_NAME_TAG: cfg.name, **provenance_tags(), **(run_tags or {})})
-    tracker.client.log_text(parent_id, cfg.to_yaml(), "config.yaml")
+    tracker.log_text(parent_id, cfg.to_yaml(), "config.yaml")
     on_event("started", {"parent_run_id": parent_id, "tracking_uri": tracker.uri})
     return _execute(cfg, tracker, parent_id, on_event, step_sink, write_outputs)
 
@@ -362,6 +363,6 @@ def resume_pipeline(parent_id: str, tracking_uri: str | None = None, on_event=No
     text = (Path(tracker.download(parent_id, "config.yaml", cache_dir("pipelines", parent_id)))).read_text()
     cfg = parse_config(yaml.safe_load(text), f"config.yaml of run {parent_id}")
     _preflight(cfg)
-    tracker.client.update_run(parent_id, status="RUNNING")
+    tracker.reopen(parent_id)
     on_event("started", {"parent_run_id": parent_id, "tracking_uri": tracker.uri})
     return _execute(cfg, tracker, parent_id, on_event, write_outputs=write_outputs)

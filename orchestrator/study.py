@@ -26,12 +26,15 @@ import yaml
 from optuna.trial import TrialState
 
 from orchestrator import ray_runtime
-from orchestrator.errors import PipelineError
-from orchestrator.pipeline import run_pipeline
+from orchestrator.buffered_tracking import BufferedTracker
+from orchestrator.errors import PipelineError, TrackingError
+from orchestrator.pipeline import OutputsWriter, run_pipeline
+from orchestrator.provenance import provenance_tags
 from orchestrator.progress import ProgressBoard, StepSink
 from orchestrator.study_config import StudyConfig
 from orchestrator.study_storage import FAILURE_ATTR, RUN_ATTR, counted, open_storage, orphan_callback, recover_orphans
-from orchestrator.tracking import FAILURE_TAG, Tracker, check_reachable, resolve_tracking_uri
+from orchestrator.tags import FAILURE_TAG, PARETO_TRIALS_TAG, RETRY_OF_TRIAL_TAG, STUDY_TAG, TRIAL_NUMBER_TAG, TRIAL_PARAMS_TAG
+from orchestrator.tracking import MlflowTracker, check_reachable, resolve_tracking_uri
 
 STUDY_RUN_ATTR = "mlflow_study_run_id"
 
@@ -93,11 +96,11 @@ def _objective_values(cfg: StudyConfig, metrics: dict) -> list[float]:
 
 
 class StudyDriver:
-    def __init__(self, cfg: StudyConfig, on_event=None):
+    def __init__(self, cfg: StudyConfig, on_event=None, write_outputs: OutputsWriter | None = None):
         self.cfg, self.on_event = cfg, on_event or (lambda kind, payload: None)
+        self.write_outputs = write_outputs  # each trial's pipeline draws its table, CSV and plot with it
         self.uri = resolve_tracking_uri(cfg.pipeline.tracking.uri)
         check_reachable(self.uri)
-        self.tracker = Tracker(self.uri)
         self.experiment = cfg.pipeline.tracking.experiment or cfg.name
         self.orphans: list = []
         self.on_orphan = orphan_callback(self.orphans)
@@ -107,29 +110,37 @@ class StudyDriver:
         if [d.name.lower() for d in self.study.directions] != cfg.directions:
             raise PipelineError(f"study {cfg.name!r} in {cfg.storage_url()} has directions "
                                 f"{[d.name.lower() for d in self.study.directions]}, the file asks {cfg.directions}")
+        self.study_id = self.storage.get_study_id_from_name(cfg.name)
         self.events: queue.Queue = queue.Queue()
         self.running: dict[int, optuna.Trial] = {}
+        self.trial_ids: dict[int, int] = {}  # trial number -> the storage's trial id (heartbeats, system attrs)
+        self.study_run: str | None = None  # the MLflow study run, opened by run()
+        self.board = None  # the ProgressBoard actor while run() drives trials
         self.losses: dict[int, deque] = {}
         self.pruned_at: dict[int, int] = {}
+        # Last, so nothing above can fail with its writer thread started; run() closes it on every path.
+        self.tracker = BufferedTracker(MlflowTracker(self.uri), cfg.pipeline.tracking.max_outage_seconds)
 
     # ---- MLflow: the study run -------------------------------------------------------------------
     def _open_study_run(self) -> str:
         run_id = self.study.user_attrs.get(STUDY_RUN_ATTR)
         if run_id:
             try:
-                self.tracker.client.update_run(run_id, status="RUNNING")
+                self.tracker.reopen(run_id)
                 return run_id
-            except Exception:  # the run was deleted or the store changed: start a new one
+            except TrackingError:  # the run was deleted or the store changed: start a new one
                 pass
         experiment_id = self.tracker.experiment_id(self.experiment)
         c = self.cfg
-        run_id = self.tracker.create_run(experiment_id, "study", c.name, tags={"dyrank.study": c.name}, params={
+        run_id = self.tracker.create_run(experiment_id, "study", c.name, tags={STUDY_TAG: c.name, **provenance_tags()}, params={
             "n_trials": c.n_trials, "objectives": json.dumps([o.model_dump() for o in c.objectives]),
             "sampler": json.dumps(c.sampler.model_dump()), "pruner": json.dumps(c.pruner.model_dump()),
             "search_space": json.dumps({k: v.model_dump(exclude_none=True) for k, v in c.search_space.items()}),
             "storage": c.storage_url(), "base_pipeline": c.pipeline.name,
         })
-        self.tracker.client.log_text(run_id, yaml.safe_dump(c.model_dump(mode="json"), sort_keys=False), "study.yaml")
+        self.tracker.log_text(run_id, yaml.safe_dump(c.model_dump(mode="json"), sort_keys=False), "study.yaml")
+        self.tracker.flush()  # the run's real id, not a pending handle: Optuna and the trials' pipelines keep it
+        run_id = self.tracker.resolve(run_id)
         self.study.set_user_attr(STUDY_RUN_ATTR, run_id)
         return run_id
 
@@ -146,11 +157,11 @@ class StudyDriver:
         else:
             best = self.study.best_trials
             metrics["pareto_front_size"] = len(best)
-            self.tracker.set_tags(self.study_run, {"dyrank.pareto_trials": ",".join(str(t.number) for t in best)})
+            self.tracker.set_tags(self.study_run, {PARETO_TRIALS_TAG: ",".join(str(t.number) for t in best)})
         self.tracker.log_metrics(self.study_run, metrics, step=metrics["finished_trials"])
         front = [{"trial": t.number, "values": t.values, "params": t.params,
                   "pipeline_run_id": t.user_attrs.get(RUN_ATTR)} for t in best]
-        self.tracker.client.log_dict(self.study_run, front, "best_trials.json")
+        self.tracker.log_dict(self.study_run, front, "best_trials.json")
         return best
 
     # ---- trials ----------------------------------------------------------------------------------
@@ -166,11 +177,11 @@ class StudyDriver:
             return
         self.running[trial.number] = trial
         self.losses[trial.number] = deque(maxlen=self.cfg.pruner.smoothing_steps)
-        tags = {"dyrank.study": self.cfg.name, "dyrank.trial_number": trial.number,
-                "dyrank.trial_params": json.dumps(params)}
-        retried = self.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        tags = {STUDY_TAG: self.cfg.name, TRIAL_NUMBER_TAG: trial.number, TRIAL_PARAMS_TAG: json.dumps(params)}
+        self.trial_ids[trial.number] = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        retried = self.storage.get_trial_system_attrs(self.trial_ids[trial.number]).get("failed_trial")
         if retried is not None:
-            tags["dyrank.retry_of_trial"] = retried
+            tags[RETRY_OF_TRIAL_TAG] = retried
         sink = StepSink(self.board, str(trial.number)) if self.cfg.prunable else None
         threading.Thread(target=self._trial_thread, args=(trial.number, cfg, tags, sink), daemon=True,
                          name=f"trial-{trial.number}").start()
@@ -180,7 +191,8 @@ class StudyDriver:
         """Runs in its own thread: no Optuna calls here, only events for the driver loop."""
         try:
             result = run_pipeline(cfg, lambda kind, payload: self.events.put((number, kind, payload)),
-                                  nest_under=self.study_run, tags=tags, step_sink=sink)
+                                  nest_under=self.study_run, run_tags=tags, step_sink=sink,
+                                  write_outputs=self.write_outputs)
             self.events.put((number, "done", result))
         except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the driver loop
             self.events.put((number, "error", exc))
@@ -211,7 +223,7 @@ class StudyDriver:
             run_id = trial.user_attrs.get(RUN_ATTR)
             if run_id:  # the pipeline marked itself FAILED when its training stopped: it was pruned
                 self.tracker.set_tags(run_id, {FAILURE_TAG: f"pruned by the study at step {self.pruned_at[number]}"})
-                self.tracker.client.set_terminated(run_id, "KILLED")
+                self.tracker.terminate(run_id, "KILLED")
             self.on_event("trial_pruned", {"number": number, "step": self.pruned_at[number]})
         else:
             self._fail(trial, f"{type(payload).__name__}: {payload}")
@@ -241,9 +253,9 @@ class StudyDriver:
         pipelines = self.tracker.children(self.study_run, kind="pipeline")
         for trial in self.orphans:
             for run in pipelines:
-                if run.data.tags.get("dyrank.trial_number") == str(trial.number) and run.info.status == "RUNNING":
+                if run.data.tags.get(TRIAL_NUMBER_TAG) == str(trial.number) and run.info.status == "RUNNING":
                     self.tracker.set_tags(run.info.run_id, {FAILURE_TAG: f"study interrupted; trial {trial.number}'s parameters re-enqueued"})
-                    self.tracker.client.set_terminated(run.info.run_id, "KILLED")
+                    self.tracker.terminate(run.info.run_id, "KILLED")
             self.on_event("trial_requeued", {"number": trial.number, "params": trial.params})
 
     def _parallel(self) -> int:
@@ -255,6 +267,15 @@ class StudyDriver:
 
     # ---- the loop ---------------------------------------------------------------------------------
     def run(self) -> StudyResult:
+        """The study to its end; its MLflow writes are all in the store when this returns or raises."""
+        try:
+            result = self._drive()
+            self.tracker.flush()  # success only once every record is in the store
+            return result
+        finally:
+            self.tracker.close()
+
+    def _drive(self) -> StudyResult:
         ray_runtime.connect(self.cfg.pipeline.resources.ray_address)
         self.study.set_user_attr("objective_metrics", [o.metric for o in self.cfg.objectives])  # for `dyrank report`
         self.study.set_user_attr("mlflow_tracking_uri", self.uri)
@@ -285,12 +306,12 @@ class StudyDriver:
                 for event in events:
                     self._handle(*event)
                 if time.time() - last_beat > self.cfg.heartbeat_seconds / 2 and not self.single_driver:
-                    for trial in self.running.values():
-                        self.storage.record_heartbeat(trial._trial_id)
+                    for number in self.running:
+                        self.storage.record_heartbeat(self.trial_ids[number])
                     last_beat = time.time()
         except KeyboardInterrupt:
             self.tracker.set_tags(self.study_run, {FAILURE_TAG: "interrupted; run the same command to resume"})
-            self.tracker.client.set_terminated(self.study_run, "KILLED")
+            self.tracker.terminate(self.study_run, "KILLED")
             raise
         except Exception as exc:  # the driver itself failed; running trials are recovered by the next start
             self.tracker.fail(self.study_run, f"{type(exc).__name__}: {exc}")
@@ -305,5 +326,5 @@ class StudyDriver:
         return StudyResult(self.cfg.name, self.cfg.storage_url(), self.study_run, best, states)
 
 
-def run_study(cfg: StudyConfig, on_event=None) -> StudyResult:
-    return StudyDriver(cfg, on_event).run()
+def run_study(cfg: StudyConfig, on_event=None, write_outputs: OutputsWriter | None = None) -> StudyResult:
+    return StudyDriver(cfg, on_event, write_outputs).run()

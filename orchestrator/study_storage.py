@@ -61,9 +61,11 @@ def recover_orphans(study: optuna.Study, storage, single_driver: bool, callback)
     if not single_driver:
         optuna.storages.fail_stale_trials(study)  # heartbeats tell the dead from another driver's live trials
         return
+    study_id = storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-            callback(study, storage.get_trial(trial._trial_id))
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        if storage.set_trial_state_values(trial_id, TrialState.FAIL):
+            callback(study, storage.get_trial(trial_id))
 
 
 def counted(trials: list[FrozenTrial]) -> int:

@@ -99,6 +99,13 @@ def get_spec(name: str) -> MethodSpec:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}") from None
 
 
+def display_name(name: str) -> str:
+    """How reports name a method; a name no longer registered (an old run's) shows as itself."""
+    _discover()
+    spec = _REGISTRY.get(name)
+    return spec.display if spec else name
+
+
 def make_trainer(name: str):
     """A fresh instance of the method's training code (the verbs trainers/finetune.py calls)."""
     spec = get_spec(name)
