@@ -19,10 +19,10 @@ from _common import REPO, spread, stamp, write_result
 
 def one_run(evaluators: int, store: Path) -> dict:
     import ray
-    from mlflow.tracking import MlflowClient
 
     from orchestrator.config import load_config
     from orchestrator.pipeline import run_pipeline
+    from orchestrator.tracking import MlflowTracker
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
     cfg = load_config(REPO / "examples" / "tiny.yaml", [f"resources.num_evaluators={evaluators}"])
@@ -30,11 +30,10 @@ def one_run(evaluators: int, store: Path) -> dict:
         result = run_pipeline(cfg)
     finally:
         ray.shutdown()
-    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    runs = client.search_runs([client.get_run(result.parent_run_id).info.experiment_id],
-                              f"tags.`mlflow.parentRunId` = '{result.parent_run_id}' and tags.`dyrank.kind` = 'eval'")
+    tracker = MlflowTracker(os.environ["MLFLOW_TRACKING_URI"])
+    runs = tracker.children(result.parent_run_id, kind="eval")
     sweep = (max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs)) / 1000
-    parent = client.get_run(result.parent_run_id).data.metrics
+    parent = tracker.run(result.parent_run_id).data.metrics
     compute = sum(r.data.metrics["seconds"] for r in runs)  # time inside evaluate_rank, summed over ranks
     return {"evaluators": evaluators, "sweep_s": sweep, "eval_compute_s": compute,
             "pipeline_s": parent["pipeline_wall_seconds"], "ranks": len(runs)}

@@ -19,7 +19,9 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 from orchestrator.tracking_uri import parse_tracking_uri
 from trainers.config import JobConfig
 from trainers.config_base import (ConfigError, PositiveFloat, PositiveInt, Section, apply_overrides, error_lines,
-                                  format_validation_errors, read_config_file)
+                                  read_config_file, validate_config)
+
+__all__ = ["BaselineJob", "Config", "ConfigError", "apply_overrides", "load_config", "parse_config"]
 from trainers.methods import method_names
 
 JOB_SECTIONS = tuple(JobConfig.model_fields)  # what a trainer or evaluator actor receives
@@ -168,12 +170,7 @@ def _on_its_base(job: dict) -> dict:
 
 
 def parse_config(raw: Any, source: str = "<config>") -> Config:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_errors(source, exc)) from None
+    return validate_config(Config, raw, source)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -14,7 +14,8 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainers.config_base import (ConfigError, FieldError, PositiveFloat, PositiveInt, Section, error_lines,
-                                  existing_path, format_validation_errors, read_config_file)
+                                  existing_path, format_validation_errors, read_config_file,
+                                  validate_config)
 from trainers.datasets import BUILDABLE_DATASETS
 from trainers.datasets.splits import PACKAGED_DATASETS
 from trainers.methods import all_specs, get_spec
@@ -225,12 +226,7 @@ class JobConfig(Section):
 
 
 def parse_job_config(raw, source: str = "<config>") -> JobConfig:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    try:
-        return JobConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_errors(source, exc)) from None
+    return validate_config(JobConfig, raw, source)
 
 
 def load_job_config(path, overrides=(), ignore_sections=()) -> JobConfig:

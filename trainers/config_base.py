@@ -78,6 +78,16 @@ def error_lines(exc: ValidationError) -> list[tuple[str, str]]:
     return lines
 
 
+def validate_config(model: type[BaseModel], raw: Any, source: str):
+    """`raw` (parsed YAML) as `model`, or one ConfigError naming the source and every field at fault."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_errors(source, exc)) from None
+
+
 def format_validation_errors(source: str, exc: ValidationError) -> str:
     return f"invalid config {source}:\n" + "\n".join(f"  {field}: {msg}" for field, msg in error_lines(exc))
 

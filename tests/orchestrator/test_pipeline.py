@@ -21,7 +21,6 @@ from trainers.datasets.splits import load_splits
 from peft import PeftModel
 
 from trainers.models import dequantize_once, load_base_model, load_tokenizer, quant_settings, resolve_base
-from trainers.methods.qdylora import export_rank
 
 pytestmark = pytest.mark.slow
 

@@ -12,6 +12,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config import load_config
+from dashboards.summary import write_pipeline_outputs
 from orchestrator.pipeline import run_pipeline
 from tests.orchestrator.test_pipeline import all_runs, children
 
@@ -27,7 +28,7 @@ def methods_pipeline(tmp_path_factory):
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
         cfg = load_config(METHODS_YAML)
-        result = run_pipeline(cfg)
+        result = run_pipeline(cfg, write_outputs=write_pipeline_outputs)
     finally:
         ray.shutdown()
         del os.environ["MLFLOW_TRACKING_URI"]
@@ -37,7 +38,7 @@ def methods_pipeline(tmp_path_factory):
 def test_every_method_is_a_recorded_baseline_with_the_same_params_and_costs(methods_pipeline):
     cfg, uri, result, runs = methods_pipeline
     baselines = {r.info.run_name: r for r in children(runs, result.parent_run_id, "baseline")}
-    assert sorted(baselines) == sorted(name for name, *_ in cfg.baseline_jobs())
+    assert sorted(baselines) == sorted(job.name for job in cfg.baseline_jobs())
     methods = {r.data.params["method"] for r in baselines.values()}
     assert methods == {"qlora", "lora", "dylora", "adalora", "bitlora", "galore", "galore8bit"}
     for name, run in baselines.items():
