@@ -77,10 +77,26 @@ def test_resume_reaches_the_same_final_weights(tmp_path):
     assert [m["rank"] for m in _metrics(cut)] == [m["rank"] for m in _metrics(tmp_path / "straight")]
 
 
-def test_frozen_mode_trains(tmp_path):
-    cfg = tiny_job("training.max_steps=4", "adapter.update_mode=frozen")
-    result = train(cfg, tmp_path, progress=False)
-    assert result.steps == 4 and (result.adapter_dir / "adapter_model.safetensors").exists()
+def test_frozen_mode_moves_only_the_sampled_rank(tmp_path):
+    """The first step at rank b, NF4 base with gradient checkpointing: in frozen mode only rank b (row b-1 of A,
+    column b-1 of B) changes; ranks below b get no gradient and AdamW has no momentum yet, so they stay exact."""
+    cfg = tiny_job("training.max_steps=1", "adapter.update_mode=frozen", "adapter.r_min=3", "adapter.r_max=8",
+                   "training.warmup_ratio=0")
+    recipe = FinetuneRecipe(cfg, tmp_path, progress=False)
+    recipe.setup()
+    assert recipe.cfg.quantization.load_in_4bit and recipe.cfg.training.gradient_checkpointing
+    layers = [m for m in recipe.model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+    before = [(m.lora_A["default"].weight.detach().clone(), m.lora_B["default"].weight.detach().clone()) for m in layers]
+    b = recipe.train_step(0)["rank"]
+    assert 3 <= b <= 8
+    moved_a = moved_b = 0
+    for layer, (a0, b0) in zip(layers, before):
+        a1, b1 = layer.lora_A["default"].weight.detach(), layer.lora_B["default"].weight.detach()
+        assert torch.equal(a1[:b - 1], a0[:b - 1]) and torch.equal(b1[:, :b - 1], b0[:, :b - 1]), "a rank below b moved"
+        assert torch.equal(a1[b:], a0[b:]) and torch.equal(b1[:, b:], b0[:, b:]), "a rank above b moved"
+        moved_a += not torch.equal(a1[b - 1], a0[b - 1])
+        moved_b += not torch.equal(b1[:, b - 1], b0[:, b - 1])
+    assert moved_b == len(layers)  # B starts at zero: A gets no gradient until B has moved, so only B is checked
 
 
 @pytest.mark.gpu
