@@ -9,6 +9,7 @@ from pathlib import Path
 
 from orchestrator.config import ConfigError, load_config
 from orchestrator.errors import PipelineError, RayConnectError, TrackingError, UsageError
+from orchestrator.redact import redact
 
 EXIT_BAD_INPUT = 2
 
@@ -36,7 +37,7 @@ def _add_out(parser: argparse.ArgumentParser, default: str | None = None, defaul
 
 def cmd_check(args) -> int:
     cfg = load_config(args.config, args.overrides)
-    print(cfg.to_yaml(), end="")
+    print(redact(cfg.to_yaml()), end="")
     jobs = [f"{job.name} ({job.method})" for job in cfg.baseline_jobs()]
     print(f"# {args.config}: OK ({cfg.adapter.method}, ranks {cfg.eval_ranks()[0]}..{cfg.eval_ranks()[-1]})"
           + (f"; baseline jobs: {', '.join(jobs)}" if jobs else ""), file=sys.stderr)
@@ -123,7 +124,8 @@ def cmd_resume(args) -> int:
     from dashboards.summary import write_pipeline_outputs
     from orchestrator.pipeline import resume_pipeline
 
-    result = resume_pipeline(args.run_id, args.tracking_uri, on_event=_print_event, write_outputs=write_pipeline_outputs)
+    result = resume_pipeline(args.run_id, args.tracking_uri, on_event=_print_event, write_outputs=write_pipeline_outputs,
+                             allow_remote_code=args.allow_remote_code)
     if result is None:
         print(f"pipeline {args.run_id} already finished; nothing to do")
     else:
@@ -175,8 +177,8 @@ def cmd_ui(args) -> int:
     check_reachable(uri)
     servers = start_ui(uri, args.storage or default_storage(), args.mlflow_port, args.optuna_port)
     try:
-        print(f"MLflow UI:        {servers.url('mlflow')}   ({uri})")
-        print(f"optuna-dashboard: {servers.url('optuna-dashboard')}   ({args.storage or default_storage()})")
+        print(f"MLflow UI:        {servers.url('mlflow')}   ({redact(uri)})")
+        print(f"optuna-dashboard: {servers.url('optuna-dashboard')}   ({redact(args.storage or default_storage())})")
         print("Ctrl-C stops both.", flush=True)
         while all(s.process.poll() is None for s in servers.servers):
             time.sleep(1)
@@ -281,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="finish an interrupted pipeline; nothing is redone or recorded twice")
     p.add_argument("run_id", help="the pipeline's MLflow parent run id")
     _add_tracking_uri(p)
+    p.add_argument("--allow-remote-code", action="store_true",
+                   help="accept model.trust_remote_code: true in the config read back from MLflow")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("models", help="registered models: list them, or fetch one into the cache")
@@ -310,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, UsageError, PipelineError, RayConnectError, TrackingError, FileNotFoundError, ValueError) as exc:
-        print(f"dyrank {args.command}: error: {exc}", file=sys.stderr)
+        print(f"dyrank {args.command}: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

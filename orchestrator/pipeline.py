@@ -34,6 +34,8 @@ from orchestrator.config import Config, parse_config
 from orchestrator.errors import PipelineError
 from orchestrator.messages import EvalResult, JobKey, TrainingReply
 from orchestrator.provenance import provenance_tags
+from orchestrator.redact import is_redacted, redact
+from orchestrator.resume_checks import check_resumed_config
 from orchestrator.ray_runtime import in_ray_job
 from orchestrator.run_records import RunRecords
 from orchestrator.tracking import MlflowTracker, Tracker, check_reachable, open_run, resolve_tracking_uri
@@ -347,13 +349,14 @@ def run_pipeline(cfg: Config, on_event=None, *, nest_under: str | None = None, r
                                    params={**cfg.model_dump(mode="json"), **fingerprints},
                                    tags={tags.CONFIG_NAME_TAG: cfg.name, **provenance_tags(), **(run_tags or {})})
     tracker.log_text(parent_id, cfg.to_yaml(), "config.yaml")
-    on_event("started", {"parent_run_id": parent_id, "tracking_uri": tracker.uri})
+    on_event("started", {"parent_run_id": parent_id, "tracking_uri": redact(tracker.uri)})
     return _execute(cfg, tracker, parent_id, on_event, step_sink, write_outputs)
 
 
 def resume_pipeline(parent_id: str, tracking_uri: str | None = None, on_event=None,
-                    write_outputs: OutputsWriter | None = None) -> PipelineResult | None:
-    """Finish an interrupted pipeline: recorded work is kept, the rest is done once. None if it had finished."""
+                    write_outputs: OutputsWriter | None = None, allow_remote_code: bool = False) -> PipelineResult | None:
+    """Finish an interrupted pipeline: recorded work is kept, the rest is done once. None if it had finished.
+    The config read back from the store is checked again (orchestrator/resume_checks.py)."""
     on_event = on_event or (lambda kind, payload: None)
     tracker, parent = open_run(parent_id, tracking_uri)
     if parent.data.tags.get(tags.KIND_TAG) != "pipeline":
@@ -362,7 +365,10 @@ def resume_pipeline(parent_id: str, tracking_uri: str | None = None, on_event=No
         return None
     text = (Path(tracker.download(parent_id, "config.yaml", cache_dir("pipelines", parent_id)))).read_text()
     cfg = parse_config(yaml.safe_load(text), f"config.yaml of run {parent_id}")
+    check_resumed_config(cfg, parent_id, allow_remote_code)
+    if is_redacted(cfg.tracking.uri):  # recorded without its password: the store this run was opened from
+        cfg.tracking.uri = tracker.uri
     _preflight(cfg)
     tracker.reopen(parent_id)
-    on_event("started", {"parent_run_id": parent_id, "tracking_uri": tracker.uri})
+    on_event("started", {"parent_run_id": parent_id, "tracking_uri": redact(tracker.uri)})
     return _execute(cfg, tracker, parent_id, on_event, write_outputs=write_outputs)
