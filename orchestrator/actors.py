@@ -19,7 +19,7 @@ import torch
 
 from orchestrator.messages import EvalResult, Placement, TrainingReply
 from orchestrator.provenance import provenance_tags
-from trainers.atomic import read_jsonl
+from trainers.atomic import read_jsonl, write_atomic
 from trainers.config import JobConfig
 
 
@@ -52,7 +52,7 @@ def write_adapter_files(files: dict[str, bytes], folder: Path) -> Path:
     """The one place an adapter's files are written back from bytes (evaluators and the driver)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
-        (folder / name).write_bytes(data)
+        write_atomic(folder / name, data)  # a full disk leaves no half-written adapter file behind
     return folder
 
 

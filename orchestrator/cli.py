@@ -10,8 +10,10 @@ from pathlib import Path
 from orchestrator.config import ConfigError, load_config
 from orchestrator.errors import PipelineError, RayConnectError, TrackingError, UsageError
 from orchestrator.redact import redact
+from trainers.atomic import write_atomic
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -72,8 +74,12 @@ def cmd_train(args) -> int:
         if (out / "config.yaml").exists():
             raise UsageError(f"--out {out} already holds a training run; use --resume {out} or another --out")
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(cfg.to_yaml())
-    result = train(cfg, out)
+        write_atomic(out / "config.yaml", redact(cfg.to_yaml()))
+    try:
+        result = train(cfg, out)
+    except KeyboardInterrupt:  # checkpoints and the metrics log are consistent on disk: say how to go on
+        print(f"\ndyrank train: interrupted; continue with: dyrank train --resume {out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; adapter: {result.adapter_dir}")
     return 0
 
@@ -111,12 +117,37 @@ def _print_result(result) -> None:
     print(f"\nparent run: {result.parent_run_id}")
 
 
+INTERRUPTED = object()
+
+
+def _interruptible(command: str, run):
+    """run(on_event), with Ctrl-C turned into one line naming the run (marked KILLED by the pipeline) and how
+    to resume it, and INTERRUPTED returned (exit 130, no traceback)."""
+    started: dict = {}
+
+    def on_event(kind: str, payload: dict) -> None:
+        if kind == "started":
+            started.update(payload)
+        _print_event(kind, payload)
+    try:
+        return run(on_event)
+    except KeyboardInterrupt:
+        run_id = started.get("parent_run_id")
+        where = (f"pipeline run {run_id} marked KILLED; continue with: dyrank resume {run_id}" if run_id
+                 else "nothing was started")
+        print(f"\ndyrank {command}: interrupted; {where}", file=sys.stderr)
+        return INTERRUPTED
+
+
 def cmd_run(args) -> int:
     from dashboards.summary import write_pipeline_outputs
     from orchestrator.pipeline import run_pipeline
 
     cfg = load_config(args.config, args.overrides)
-    _print_result(run_pipeline(cfg, on_event=_print_event, write_outputs=write_pipeline_outputs))
+    result = _interruptible("run", lambda on_event: run_pipeline(cfg, on_event=on_event, write_outputs=write_pipeline_outputs))
+    if result is INTERRUPTED:
+        return EXIT_INTERRUPTED
+    _print_result(result)
     return 0
 
 
@@ -124,8 +155,11 @@ def cmd_resume(args) -> int:
     from dashboards.summary import write_pipeline_outputs
     from orchestrator.pipeline import resume_pipeline
 
-    result = resume_pipeline(args.run_id, args.tracking_uri, on_event=_print_event, write_outputs=write_pipeline_outputs,
-                             allow_remote_code=args.allow_remote_code)
+    result = _interruptible("resume", lambda on_event: resume_pipeline(
+        args.run_id, args.tracking_uri, on_event=on_event, write_outputs=write_pipeline_outputs,
+        allow_remote_code=args.allow_remote_code))
+    if result is INTERRUPTED:
+        return EXIT_INTERRUPTED
     if result is None:
         print(f"pipeline {args.run_id} already finished; nothing to do")
     else:
