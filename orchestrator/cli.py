@@ -280,6 +280,19 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from orchestrator.cache import cache_listing, human_bytes, prune
+
+    if args.action == "list":
+        print(cache_listing())
+        return 0
+    removed, freed = prune(adapters=args.adapters)
+    for path in removed:
+        print(f"removed {path}")
+    print(f"freed {human_bytes(freed)}; pipelines that may still be resumed were not touched")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dyrank", description="QDyLoRA rank search: train once, evaluate every rank.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -333,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
     p.add_argument("--max-records", type=int, help="wordnet: cap on records (0: all)")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("cache", help="list the cache's sizes, or prune finished pipelines' intermediate files")
+    p.add_argument("action", choices=["list", "prune"])
+    p.add_argument("--adapters", action="store_true",
+                   help="prune: remove finished pipelines' folders whole, adapters too (they are in MLflow)")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("export", help="write a standard PEFT adapter for one rank")
     p.add_argument("source", help="a dyrank train folder, or an MLflow pipeline run id")

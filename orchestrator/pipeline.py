@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from evaluators.selection import select_rank
 from orchestrator import ray_runtime, tags
 from orchestrator.actors import RankEvaluator, Trainer, actor_options, read_adapter_files, write_adapter_files
 from orchestrator.buffered_tracking import BufferedTracker
+from orchestrator.cache import mark_finished
 from orchestrator.config import Config, parse_config
 from orchestrator.errors import PipelineError
 from orchestrator.messages import EvalResult, JobKey, TrainingReply
@@ -356,6 +358,10 @@ def _execute(cfg, tracker: Tracker, parent_id: str, on_event, step_sink=None,
         result = pipeline.run()
         tracker.finish(parent_id)
         tracker.flush()  # success only once every result is in the store
+        try:  # retention: checkpoints go, final adapters stay (orchestrator/cache.py); the run itself is done
+            mark_finished(pipeline.workdir)
+        except OSError as exc:
+            print(f"note: could not trim {pipeline.workdir} ({exc}); `dyrank cache prune` can later", file=sys.stderr)
         return result
     except KeyboardInterrupt:
         tracker.set_tags(parent_id, {tags.FAILURE_TAG: f"interrupted; continue with: dyrank resume {parent_id}"})

@@ -15,11 +15,13 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
+from orchestrator.cache import FINISHED_MARKER
 from orchestrator.cli import main
 from orchestrator.pipeline import Pipeline, run_pipeline
 from orchestrator.tags import EVALUATOR_BASE_LOADS_TAG, FAILURE_TAG
 from tests.conftest import REPO, TINY_YAML, tiny_config
 from tests.orchestrator.test_pipeline import all_runs, assert_every_rank_once, children
+from trainers.paths import cache_dir
 
 pytestmark = pytest.mark.slow
 SMALL = ["--set", "baselines.ranks=[]", "--set", "evaluation.ranks=[1,4,8]", "--set", "training.max_steps=20"]
@@ -44,7 +46,7 @@ def test_an_evaluator_dead_for_good_leaves_zeroshot_test_and_stats_to_a_live_one
         return pool
     monkeypatch.setattr(Pipeline, "start_evaluators", start_and_kill_the_first)
     cfg = tiny_config("baselines.ranks=[]", "evaluation.ranks=[1,4,8]", "training.max_steps=20",
-                      "resources.num_evaluators=2")
+                      "training.checkpoint_every=5", "resources.num_evaluators=2")
     result = run_pipeline(cfg)  # pool[0] held the zero-shot score and used to get the test scoring
 
     runs = all_runs(store, result.parent_run_id)
@@ -56,6 +58,9 @@ def test_an_evaluator_dead_for_good_leaves_zeroshot_test_and_stats_to_a_live_one
     assert parent.info.status == "FINISHED"
     loads = json.loads(parent.data.tags[EVALUATOR_BASE_LOADS_TAG])
     assert len(loads) == 1 and dead[0]._actor_id.hex() not in loads, "statistics only from the live evaluator"
+    work = cache_dir("pipelines", result.parent_run_id)  # retention: a finished pipeline keeps adapters only
+    assert (work / FINISHED_MARKER).is_file() and (work / "train" / "adapter").is_dir()
+    assert not (work / "train" / "checkpoints").exists()
 
 
 def test_ctrl_c_during_dyrank_run_marks_it_killed_in_one_line_and_it_resumes(store, monkeypatch, capsys):
@@ -76,6 +81,7 @@ def test_ctrl_c_during_dyrank_run_marks_it_killed_in_one_line_and_it_resumes(sto
     assert "Traceback" not in out + err
     parent = MlflowClient(store).get_run(parent_id)
     assert parent.info.status == "KILLED" and "dyrank resume" in parent.data.tags[FAILURE_TAG]
+    assert not (cache_dir("pipelines", parent_id) / FINISHED_MARKER).exists(), "kept whole for resume"
 
     monkeypatch.setattr(cli, "_print_event", printed)
     assert main(["resume", parent_id]) == 0
