@@ -71,7 +71,7 @@ def is_remote_db(uri: str) -> bool:
 def is_durable_in_ray_job(uri: str) -> bool:
     """Inside a Ray job the working folder is temporary: only a server or an absolute sqlite path outlives it."""
     path = sqlite_path(uri)
-    return is_remote_http(uri) or is_remote_db(uri) or (path is not None and path.is_absolute())
+    return is_remote_http(uri) or (path is not None and path.is_absolute())
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
