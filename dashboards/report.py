@@ -6,6 +6,7 @@ plots followed by its best trial's pipeline. The study's MLflow store is the one
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import optuna
 from dashboards.html import Page
 from dashboards.pipeline_report import add_pipeline_section, load_pipeline
 from orchestrator.errors import UsageError
+from orchestrator.redact import is_redacted, redact
 from orchestrator.study_storage import open_storage
 from orchestrator.tags import KIND_TAG, STUDY_TAG
 from orchestrator.tracking import MlflowTracker, Tracker, check_reachable, open_run, resolve_tracking_uri
@@ -87,8 +89,15 @@ def write_report(target: str, tracking_uri: str | None = None, storage: str | No
             raise UsageError(f"run {target} is a {kind} run; give a pipeline run id, a study run id or a study name")
     study = _load_study(target, storage)
     if study is None:
-        raise UsageError(f"no study {target!r} in {storage} (and not a run id); pass --storage or a pipeline run id")
+        raise UsageError(f"no study {target!r} in {redact(storage)} (and not a run id); pass --storage or a pipeline run id")
     # An explicit --tracking-uri, else the store the study's driver recorded (absolute), else the usual default.
-    uri = resolve_tracking_uri(tracking_uri) if tracking_uri else study.user_attrs.get(TRACKING_ATTR) or resolve_tracking_uri(None)
+    # A recorded store with a password was recorded masked: then it must come from --tracking-uri or the env.
+    recorded = study.user_attrs.get(TRACKING_ATTR)
+    if not tracking_uri and is_redacted(recorded):
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            raise UsageError(f"study {target!r} records its MLflow store as {recorded} (password not recorded); "
+                             "pass --tracking-uri or MLFLOW_TRACKING_URI")
+        recorded = None
+    uri = resolve_tracking_uri(tracking_uri) if tracking_uri else recorded or resolve_tracking_uri(None)
     check_reachable(uri)
     return study_report(study, MlflowTracker(uri), out_dir)

@@ -2,6 +2,8 @@
 
 Both are child processes in their own process groups (each server forks workers); `stop()` ends the
 groups, so Ctrl-C leaves nothing listening. A server that does not come up is an error naming its log.
+The store URIs reach the servers through their environment, never their command line: any local user can
+read a process's arguments (`ps`), only its owner its environment, and a URI may carry a password.
 """
 
 from __future__ import annotations
@@ -65,11 +67,27 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))  # the venv's own entry points, not whatever PATH finds
 
 
-def _start(name: str, command: list[str], url: str, ready_path: str, log_dir: Path) -> Server:
+# optuna-dashboard takes its storage only as an argument: start it from Python with the storage from the env.
+_OPTUNA_LAUNCHER = ("import os, sys, optuna_dashboard; "
+                    "optuna_dashboard.run_server(os.environ.pop('DYRANK_UI_STORAGE'), host=sys.argv[1], port=int(sys.argv[2]))")
+
+
+def server_commands(tracking_uri: str, storage: str, mlflow_port: int, optuna_port: int) -> list[tuple]:
+    """(name, argv, extra environment, url, ready path) of each server: the URIs in the environment only."""
+    optuna_storage = storage.removeprefix("journal:")  # optuna-dashboard reads a journal file by its path
+    return [
+        ("mlflow", [_bin("mlflow"), "server", "--host", HOST, "--port", str(mlflow_port), "--workers", "1"],
+         {"MLFLOW_BACKEND_STORE_URI": tracking_uri}, f"http://{HOST}:{mlflow_port}", "/health"),
+        ("optuna-dashboard", [sys.executable, "-c", _OPTUNA_LAUNCHER, HOST, str(optuna_port)],
+         {"DYRANK_UI_STORAGE": optuna_storage}, f"http://{HOST}:{optuna_port}", "/api/studies"),
+    ]
+
+
+def _start(name: str, command: list[str], env: dict, url: str, log_dir: Path) -> Server:
     log = log_dir / f"{name}.log"
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, env={**os.environ, **env})
     return Server(name, url, process, log)
 
 
@@ -92,18 +110,13 @@ def start_ui(tracking_uri: str, storage: str, mlflow_port: int | None = 5000, op
     log_dir = Path(tempfile.mkdtemp(prefix="dyrank-ui-"))
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
         raise UsageError(f"no Optuna storage at {storage}; run a study first or pass --storage")
-    optuna_storage = storage.removeprefix("journal:")  # optuna-dashboard reads a journal file by its path
-    mlflow_port, optuna_port = free_port(mlflow_port), free_port(optuna_port)
+    commands = server_commands(tracking_uri, storage, free_port(mlflow_port), free_port(optuna_port))
     servers = Servers()
     try:
-        servers.servers.append(_start("mlflow", [
-            _bin("mlflow"), "server", "--backend-store-uri", tracking_uri, "--host", HOST, "--port", str(mlflow_port),
-            "--workers", "1"], f"http://{HOST}:{mlflow_port}", "/health", log_dir))
-        servers.servers.append(_start("optuna-dashboard", [
-            _bin("optuna-dashboard"), optuna_storage, "--host", HOST, "--port", str(optuna_port)],
-            f"http://{HOST}:{optuna_port}", "/api/studies", log_dir))
-        for server, path in zip(servers.servers, ("/health", "/api/studies")):
-            _wait_ready(server, path, timeout)
+        for name, argv, env, url, _ in commands:
+            servers.servers.append(_start(name, argv, env, url, log_dir))
+        for server, (*_, ready_path) in zip(servers.servers, commands):
+            _wait_ready(server, ready_path, timeout)
     except BaseException:
         servers.stop()
         raise

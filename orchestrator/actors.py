@@ -19,6 +19,7 @@ import torch
 
 from orchestrator.messages import EvalResult, Placement, TrainingReply
 from orchestrator.provenance import provenance_tags
+from trainers.atomic import read_jsonl, write_atomic
 from trainers.config import JobConfig
 
 
@@ -51,7 +52,7 @@ def write_adapter_files(files: dict[str, bytes], folder: Path) -> Path:
     """The one place an adapter's files are written back from bytes (evaluators and the driver)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
-        (folder / name).write_bytes(data)
+        write_atomic(folder / name, data)  # a full disk leaves no half-written adapter file behind
     return folder
 
 
@@ -86,7 +87,7 @@ class Trainer(_Worker):
 
         started = time.time()
         result = train(self.cfg, out_dir, on_step=_step_hook(step_sink), progress=False)
-        rows = [json.loads(line) for line in (Path(out_dir) / METRICS_FILE).read_text().splitlines() if line]
+        rows = read_jsonl(Path(out_dir) / METRICS_FILE)  # a torn last line (a kill mid-write) is dropped, not fatal
         artifacts = Path(out_dir) / ARTIFACTS_FILE
         reply = TrainingReply(
             placement=_placement(), start=started, end=time.time(), steps=result.steps, final_loss=result.final_loss,

@@ -2,9 +2,11 @@
 (restart, network blip, database failover) neither stops the pipeline nor loses a result.
 
 Writes go into an ordered buffer that one writer thread drains; the pipeline never waits on the store.
-A transient failure (connection refused, timeout, HTTP 429/5xx, a locked sqlite) is retried with
-bounded backoff; a store that stays away longer than `tracking.max_outage_seconds` ends the pipeline
-with one line naming the URI, instead of hanging. Every write is made idempotent before it is queued:
+A transient failure (connection refused, timeout, HTTP 429/5xx, a database server that cannot be reached,
+a locked sqlite) is retried with bounded backoff; a store that stays away longer than
+`tracking.max_outage_seconds` ends the pipeline with one line naming the URI (password masked), instead
+of hanging. Closing waits no longer than that window either (a call stuck in a dead TCP connection
+included), and Ctrl-C ends the wait at once. Every write is made idempotent before it is queued:
 timestamps are fixed at enqueue (MLflow stores an identical metric once), and a run is created with a
 unique `dyrank.record_id` tag that a retry looks up first, because a create whose reply was lost may
 have reached the store. Until the writer has created a run, the pipeline holds a `pending-...` handle
@@ -30,9 +32,10 @@ import requests
 from mlflow.exceptions import MlflowException
 
 from orchestrator.errors import TrackingError
+from orchestrator.redact import redact
 from orchestrator.tags import RECORD_TAG
 from orchestrator.tracking import MlflowTracker
-from orchestrator.tracking_uri import is_remote_http
+from orchestrator.tracking_uri import is_remote_db, is_remote_http
 
 __all__ = ["PENDING", "RECORD_TAG", "BufferedTracker", "is_transient"]
 PENDING = "pending-"
@@ -41,18 +44,28 @@ _log = logging.getLogger("dyrank.tracking")
 
 def is_transient(exc: BaseException, remote: bool = True) -> bool:
     """Failures a later try can cure. Anything else (a bad value, a permission) is raised at once.
+    remote: the store is a server (http, or a PostgreSQL/MySQL database) that can go away and come back.
     A local store's internal errors are bugs or a full disk, not outages: only a locked sqlite waits."""
     if isinstance(exc, MlflowException) and remote:
+        # MLflow's SQL store wraps sqlalchemy's OperationalError (connection lost) as TEMPORARILY_UNAVAILABLE: 503
         return exc.get_http_status_code() in (429, 500, 502, 503, 504)
     if isinstance(exc, requests.HTTPError):
         return exc.response is not None and exc.response.status_code in (429, 500, 502, 503, 504)
     if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
         return True
+    if _is_sqlalchemy_error(exc, "OperationalError", "InterfaceError") and remote:
+        return True  # a database server unreachable, restarting or failing over: connection errors
+    if _is_sqlalchemy_error(exc, "DBAPIError") and remote and getattr(exc, "connection_invalidated", False):
+        return True
     return type(exc).__name__ == "OperationalError" and "locked" in str(exc)  # sqlite busy
 
 
+def _is_sqlalchemy_error(exc: BaseException, *names: str) -> bool:
+    return any(c.__module__.startswith("sqlalchemy") and c.__name__ in names for c in type(exc).__mro__)
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = redact(str(exc).strip())  # a driver's error may quote the connection URL
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
@@ -66,8 +79,9 @@ class BufferedTracker:
 
     def __init__(self, tracker: MlflowTracker, max_outage_seconds: float, backoff_cap: float = 5.0):
         self._tracker, self.uri = tracker, tracker.uri
+        self.shown = redact(tracker.uri)  # what messages and logs name: never the password
         self.max_outage, self.backoff_cap = max_outage_seconds, backoff_cap
-        self.remote = is_remote_http(tracker.uri)
+        self.remote = is_remote_http(tracker.uri) or is_remote_db(tracker.uri)
         if self.remote:
             # MLflow's own HTTP retries back off for minutes per call, past any outage limit: retry here instead.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -146,22 +160,36 @@ class BufferedTracker:
         return self._now("metric_history", lambda: self._tracker.metric_history(self.resolve(run_id), key))
 
     # ---- flushing ----------------------------------------------------------------------------------
-    def flush(self) -> None:
-        """Wait until every buffered write is in the store; a TrackingError if the store stayed away."""
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every buffered write is in the store; a TrackingError if the store stayed away, or
+        if `timeout` seconds pass first (the writer may be stuck in a call that never returns).
+        The wait is in short slices, so Ctrl-C (KeyboardInterrupt in this thread) ends it at once."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             while self._ops and self._error is None:
-                self._cv.wait()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    self._error = TrackingError(
+                        f"MLflow at {self.shown}: {len(self._ops)} writes still unrecorded after waiting {timeout:g} s "
+                        "(tracking.max_outage_seconds); recorded work is kept: `dyrank resume PARENT_RUN_ID` "
+                        "finishes the rest once it is back")
+                    break
+                self._cv.wait(0.5 if left is None else min(0.5, left))
             if self._error is not None:
                 raise self._error
 
     def close(self) -> None:
+        """Flush, waiting at most the outage window (plus one backoff): closing never hangs on a dead store."""
+        flushed = False
         try:
-            self.flush()
+            self.flush(timeout=self.max_outage + self.backoff_cap + 1.0)
+            flushed = True
         finally:
             with self._cv:
                 self._closed = True
                 self._cv.notify_all()
-            self._writer.join(timeout=5)
+            if flushed:  # otherwise the writer may be stuck in a call: it is a daemon, leave it
+                self._writer.join(timeout=5)
 
     def resolve(self, run_id: str) -> str:
         """The real run id behind a pending handle (after a flush), or the id itself."""
@@ -178,7 +206,7 @@ class BufferedTracker:
             if self._error is not None:
                 raise self._error
             if self._closed:
-                raise TrackingError(f"tracking for {self.uri} is closed; {op} was not recorded")
+                raise TrackingError(f"tracking for {self.shown} is closed; {op} was not recorded")
             self._ops.append((op, args, kwargs))
             self._cv.notify_all()
 
@@ -228,15 +256,15 @@ class BufferedTracker:
                 result = call()
             except Exception as exc:
                 if not is_transient(exc, self.remote):
-                    raise TrackingError(f"MLflow at {self.uri} refused {what}: {_first_line(exc)}") from None
+                    raise TrackingError(f"MLflow at {self.shown} refused {what}: {_first_line(exc)}") from None
                 now = time.time()
                 if down_since is None:
                     down_since = now
                     _log.warning("MLflow at %s is unreachable (%s); buffering writes and retrying for up to %.0f s",
-                                 self.uri, _first_line(exc), self.max_outage)
+                                 self.shown, _first_line(exc), self.max_outage)
                 if now - down_since > self.max_outage:
                     raise TrackingError(
-                        f"MLflow at {self.uri} unreachable for {now - down_since:.0f} s, longer than "
+                        f"MLflow at {self.shown} unreachable for {now - down_since:.0f} s, longer than "
                         f"tracking.max_outage_seconds ({self.max_outage:g}); last error: {_first_line(exc)}. "
                         "Recorded work is kept: `dyrank resume PARENT_RUN_ID` finishes the rest once it is back"
                     ) from None
@@ -244,7 +272,7 @@ class BufferedTracker:
                 delay *= 2
                 continue
             if down_since is not None:
-                _log.warning("MLflow at %s is back after %.0f s; writing the buffered records", self.uri, time.time() - down_since)
+                _log.warning("MLflow at %s is back after %.0f s; writing the buffered records", self.shown, time.time() - down_since)
             return result
 
 

@@ -9,8 +9,11 @@ from pathlib import Path
 
 from orchestrator.config import ConfigError, load_config
 from orchestrator.errors import PipelineError, RayConnectError, TrackingError, UsageError
+from orchestrator.redact import redact
+from trainers.atomic import write_atomic
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -36,7 +39,7 @@ def _add_out(parser: argparse.ArgumentParser, default: str | None = None, defaul
 
 def cmd_check(args) -> int:
     cfg = load_config(args.config, args.overrides)
-    print(cfg.to_yaml(), end="")
+    print(redact(cfg.to_yaml()), end="")
     jobs = [f"{job.name} ({job.method})" for job in cfg.baseline_jobs()]
     print(f"# {args.config}: OK ({cfg.adapter.method}, ranks {cfg.eval_ranks()[0]}..{cfg.eval_ranks()[-1]})"
           + (f"; baseline jobs: {', '.join(jobs)}" if jobs else ""), file=sys.stderr)
@@ -71,8 +74,12 @@ def cmd_train(args) -> int:
         if (out / "config.yaml").exists():
             raise UsageError(f"--out {out} already holds a training run; use --resume {out} or another --out")
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(cfg.to_yaml())
-    result = train(cfg, out)
+        write_atomic(out / "config.yaml", redact(cfg.to_yaml()))
+    try:
+        result = train(cfg, out)
+    except KeyboardInterrupt:  # checkpoints and the metrics log are consistent on disk: say how to go on
+        print(f"\ndyrank train: interrupted; continue with: dyrank train --resume {out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; adapter: {result.adapter_dir}")
     return 0
 
@@ -110,12 +117,37 @@ def _print_result(result) -> None:
     print(f"\nparent run: {result.parent_run_id}")
 
 
+INTERRUPTED = object()
+
+
+def _interruptible(command: str, run):
+    """run(on_event), with Ctrl-C turned into one line naming the run (marked KILLED by the pipeline) and how
+    to resume it, and INTERRUPTED returned (exit 130, no traceback)."""
+    started: dict = {}
+
+    def on_event(kind: str, payload: dict) -> None:
+        if kind == "started":
+            started.update(payload)
+        _print_event(kind, payload)
+    try:
+        return run(on_event)
+    except KeyboardInterrupt:
+        run_id = started.get("parent_run_id")
+        where = (f"pipeline run {run_id} marked KILLED; continue with: dyrank resume {run_id}" if run_id
+                 else "nothing was started")
+        print(f"\ndyrank {command}: interrupted; {where}", file=sys.stderr)
+        return INTERRUPTED
+
+
 def cmd_run(args) -> int:
     from dashboards.summary import write_pipeline_outputs
     from orchestrator.pipeline import run_pipeline
 
     cfg = load_config(args.config, args.overrides)
-    _print_result(run_pipeline(cfg, on_event=_print_event, write_outputs=write_pipeline_outputs))
+    result = _interruptible("run", lambda on_event: run_pipeline(cfg, on_event=on_event, write_outputs=write_pipeline_outputs))
+    if result is INTERRUPTED:
+        return EXIT_INTERRUPTED
+    _print_result(result)
     return 0
 
 
@@ -123,7 +155,11 @@ def cmd_resume(args) -> int:
     from dashboards.summary import write_pipeline_outputs
     from orchestrator.pipeline import resume_pipeline
 
-    result = resume_pipeline(args.run_id, args.tracking_uri, on_event=_print_event, write_outputs=write_pipeline_outputs)
+    result = _interruptible("resume", lambda on_event: resume_pipeline(
+        args.run_id, args.tracking_uri, on_event=on_event, write_outputs=write_pipeline_outputs,
+        allow_remote_code=args.allow_remote_code))
+    if result is INTERRUPTED:
+        return EXIT_INTERRUPTED
     if result is None:
         print(f"pipeline {args.run_id} already finished; nothing to do")
     else:
@@ -175,8 +211,8 @@ def cmd_ui(args) -> int:
     check_reachable(uri)
     servers = start_ui(uri, args.storage or default_storage(), args.mlflow_port, args.optuna_port)
     try:
-        print(f"MLflow UI:        {servers.url('mlflow')}   ({uri})")
-        print(f"optuna-dashboard: {servers.url('optuna-dashboard')}   ({args.storage or default_storage()})")
+        print(f"MLflow UI:        {servers.url('mlflow')}   ({redact(uri)})")
+        print(f"optuna-dashboard: {servers.url('optuna-dashboard')}   ({redact(args.storage or default_storage())})")
         print("Ctrl-C stops both.", flush=True)
         while all(s.process.poll() is None for s in servers.servers):
             time.sleep(1)
@@ -244,6 +280,19 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from orchestrator.cache import cache_listing, human_bytes, prune
+
+    if args.action == "list":
+        print(cache_listing())
+        return 0
+    removed, freed = prune(adapters=args.adapters)
+    for path in removed:
+        print(f"removed {path}")
+    print(f"freed {human_bytes(freed)}; pipelines that may still be resumed were not touched")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dyrank", description="QDyLoRA rank search: train once, evaluate every rank.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -281,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="finish an interrupted pipeline; nothing is redone or recorded twice")
     p.add_argument("run_id", help="the pipeline's MLflow parent run id")
     _add_tracking_uri(p)
+    p.add_argument("--allow-remote-code", action="store_true",
+                   help="accept model.trust_remote_code: true in the config read back from MLflow")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("models", help="registered models: list them, or fetch one into the cache")
@@ -296,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-records", type=int, help="wordnet: cap on records (0: all)")
     p.set_defaults(func=cmd_data)
 
+    p = sub.add_parser("cache", help="list the cache's sizes, or prune finished pipelines' intermediate files")
+    p.add_argument("action", choices=["list", "prune"])
+    p.add_argument("--adapters", action="store_true",
+                   help="prune: remove finished pipelines' folders whole, adapters too (they are in MLflow)")
+    p.set_defaults(func=cmd_cache)
+
     p = sub.add_parser("export", help="write a standard PEFT adapter for one rank")
     p.add_argument("source", help="a dyrank train folder, or an MLflow pipeline run id")
     _add_tracking_uri(p, ", when SOURCE is a run id")
@@ -310,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, UsageError, PipelineError, RayConnectError, TrackingError, FileNotFoundError, ValueError) as exc:
-        print(f"dyrank {args.command}: error: {exc}", file=sys.stderr)
+        print(f"dyrank {args.command}: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -30,10 +31,13 @@ from evaluators.selection import select_rank
 from orchestrator import ray_runtime, tags
 from orchestrator.actors import RankEvaluator, Trainer, actor_options, read_adapter_files, write_adapter_files
 from orchestrator.buffered_tracking import BufferedTracker
+from orchestrator.cache import mark_finished
 from orchestrator.config import Config, parse_config
 from orchestrator.errors import PipelineError
 from orchestrator.messages import EvalResult, JobKey, TrainingReply
 from orchestrator.provenance import provenance_tags
+from orchestrator.redact import is_redacted, redact
+from orchestrator.resume_checks import check_resumed_config
 from orchestrator.ray_runtime import in_ray_job
 from orchestrator.run_records import RunRecords
 from orchestrator.tracking import MlflowTracker, Tracker, check_reachable, open_run, resolve_tracking_uri
@@ -77,6 +81,7 @@ class Pipeline:
         self.baselines = {job.name: job for job in cfg.baseline_jobs()}  # validated once, with the config
         self.records = RunRecords(tracker, tracker.run(parent_id).info.experiment_id, parent_id)
         self.actors: list = []
+        self.evaluators: list = []  # the live ones: an evaluator that died for good (restarts used up) leaves
 
     # ---- 1. trainers -----------------------------------------------------------------------------
     def launch_trainers(self) -> dict[JobKey, tuple]:
@@ -157,6 +162,7 @@ class Pipeline:
         pool = [RankEvaluator.options(name=self.evaluator_name(i), **options).remote(self.job, options["num_cpus"])
                 for i in range(n)]
         self.actors += pool
+        self.evaluators = list(pool)
         return pool
 
     # ---- 3. sweep --------------------------------------------------------------------------------
@@ -184,13 +190,15 @@ class Pipeline:
         # An evaluator gets work only once it is up: one still waiting for resources would sit on it.
         waiting = {a.base_loads.remote(): ("ready", a, None) for a in pool}
         waiting.update({ref: ("baseline", actor, key.id) for key, (actor, ref) in baseline_jobs.items()})
-        if zeroshot_ref is not None:
+        if zeroshot_ref is not None:  # submitted with the pool (its "ready" call marks the actor idle, not this)
             waiting[zeroshot_ref] = ("zeroshot", pool[0], None)
-        idle, failures, alive = [], Counter(), len(pool)
+        idle, failures = [], Counter()
         while pending or waiting:
-            while pending and idle:
+            while pending and idle:  # rank None: the zero-shot score, moved here when its evaluator died
                 actor, rank = idle.pop(), pending.popleft()
-                waiting[actor.evaluate_rank.remote(rank, "validation", adapter_key, [files_ref])] = ("eval", actor, rank)
+                ref = (actor.evaluate_base.remote("validation") if rank is None
+                       else actor.evaluate_rank.remote(rank, "validation", adapter_key, [files_ref]))
+                waiting[ref] = ("eval", actor, rank)
             if not waiting:
                 raise PipelineError(f"every evaluator died; ranks left: {list(pending)}")
             [ref], _ = ray.wait(list(waiting), num_returns=1)
@@ -198,24 +206,33 @@ class Pipeline:
             if what == "baseline":  # `rank` holds the job's name here
                 self._finish_baseline(JobKey("baseline", rank), baseline_jobs)
                 continue
-            if what == "zeroshot":
-                self._record_eval(self._get(ref, "zeroshot", None))
-                continue
             try:
                 result = ray.get(ref)
             except (RayActorError, RayTaskError) as exc:
-                if isinstance(exc, ActorDiedError):
-                    alive -= 1  # restarts used up; its work goes to the others
-                else:
+                died = isinstance(exc, ActorDiedError)  # restarts used up; its work goes to the others
+                if died and actor in self.evaluators:
+                    self.evaluators.remove(actor)
+                if what == "eval" and not died:
                     idle.append(actor)  # the actor lives: only the task failed
-                if what == "eval":
+                if what in ("eval", "zeroshot"):
                     failures[rank] += 1
-                    if failures[rank] > self.cfg.resources.max_restarts or alive == 0:
-                        raise PipelineError(f"rank {rank} failed {failures[rank]} times: {str(exc).splitlines()[-1]}") from None
+                    if failures[rank] > self.cfg.resources.max_restarts or not self.evaluators:
+                        name = "zero-shot" if rank is None else f"rank {rank}"
+                        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                        if rank is None:
+                            self.records.record_failure("zeroshot", None, reason)
+                        raise PipelineError(f"{name} failed {failures[rank]} times: {reason}") from None
                     pending.appendleft(rank)
+                elif not died:  # "ready" of a live actor
+                    idle.append(actor)
                 continue
-            idle.append(actor)
-            if what == "ready" or rank in results:  # a duplicate from a retry: the first result stands
+            if what != "zeroshot":
+                idle.append(actor)
+            if rank is None:
+                if what != "ready" and ZEROSHOT not in self.records:
+                    self._record_eval(result)
+                continue
+            if rank in results:  # a duplicate from a retry: the first result stands
                 continue
             self._record_eval(result)
             results[rank] = result.row()
@@ -237,12 +254,32 @@ class Pipeline:
 
         s = cfg.selection
         selected = select_rank(ranks, s.metric, s.policy, s.tolerance, s.greater_is_better)
-        test: EvalResult = ray.get(pool[0].evaluate_rank.remote(selected["rank"], "test", adapter_key, [files_ref], True, True))
+        test: EvalResult = self._on_live_evaluator(
+            f"test scoring of rank {selected['rank']}",
+            lambda a: a.evaluate_rank.remote(selected["rank"], "test", adapter_key, [files_ref], True, True))
         test_metrics = {k: v for k, v in test.scores.items() if k.startswith("test_")}
         self.tracker.log_metrics(self.records[JobKey("eval", selected["rank"])].run_id, test_metrics)
-        loads = dict(ray.get([a.base_loads.remote() for a in pool]))
+        loads = dict(filter(None, (self._on_live_evaluator("base loads", lambda a: a.base_loads.remote(), actor)
+                                   for actor in list(self.evaluators))))
         self.tracker.set_tags(self.parent_id, {tags.EVALUATOR_BASE_LOADS_TAG: json.dumps(loads)})
         return self.summarize(ranks, selected, test_metrics, started)
+
+    def _on_live_evaluator(self, what: str, call, only=None):
+        """ray.get(call(actor)) on a live evaluator (`only`: that one, or None if it died); an evaluator that
+        died for good is dropped and the next one tried. A task that fails on a live actor is a failure."""
+        for actor in [only] if only is not None else list(self.evaluators):
+            if actor not in self.evaluators:
+                continue
+            try:
+                return ray.get(call(actor))
+            except ActorDiedError:
+                self.evaluators.remove(actor)
+            except (RayTaskError, RayActorError) as exc:
+                reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                raise PipelineError(f"{what} failed: {reason}") from None
+        if only is not None:
+            return None
+        raise PipelineError(f"{what}: every evaluator died (restarts used up)")
 
     # ---- 5. summarize ----------------------------------------------------------------------------
     def summarize(self, ranks: list[dict], selected: dict, test_metrics: dict, started: float) -> PipelineResult:
@@ -321,13 +358,20 @@ def _execute(cfg, tracker: Tracker, parent_id: str, on_event, step_sink=None,
         result = pipeline.run()
         tracker.finish(parent_id)
         tracker.flush()  # success only once every result is in the store
+        try:  # retention: checkpoints go, final adapters stay (orchestrator/cache.py); the run itself is done
+            mark_finished(pipeline.workdir)
+        except OSError as exc:
+            print(f"note: could not trim {pipeline.workdir} ({exc}); `dyrank cache prune` can later", file=sys.stderr)
         return result
     except KeyboardInterrupt:
         tracker.set_tags(parent_id, {tags.FAILURE_TAG: f"interrupted; continue with: dyrank resume {parent_id}"})
         tracker.terminate(parent_id, "KILLED")
         raise
     except Exception as exc:
-        tracker.fail(parent_id, f"{type(exc).__name__}: {exc}")
+        reason = f"{type(exc).__name__}: {exc}"
+        tracker.fail(parent_id, reason)
+        if isinstance(exc, OSError):  # a full disk, a permission: FAILED with the reason, one line for the CLI
+            raise PipelineError(f"pipeline run {parent_id} failed: {reason}") from None
         raise
     finally:
         if pipeline is not None:
@@ -347,13 +391,14 @@ def run_pipeline(cfg: Config, on_event=None, *, nest_under: str | None = None, r
                                    params={**cfg.model_dump(mode="json"), **fingerprints},
                                    tags={tags.CONFIG_NAME_TAG: cfg.name, **provenance_tags(), **(run_tags or {})})
     tracker.log_text(parent_id, cfg.to_yaml(), "config.yaml")
-    on_event("started", {"parent_run_id": parent_id, "tracking_uri": tracker.uri})
+    on_event("started", {"parent_run_id": parent_id, "tracking_uri": redact(tracker.uri)})
     return _execute(cfg, tracker, parent_id, on_event, step_sink, write_outputs)
 
 
 def resume_pipeline(parent_id: str, tracking_uri: str | None = None, on_event=None,
-                    write_outputs: OutputsWriter | None = None) -> PipelineResult | None:
-    """Finish an interrupted pipeline: recorded work is kept, the rest is done once. None if it had finished."""
+                    write_outputs: OutputsWriter | None = None, allow_remote_code: bool = False) -> PipelineResult | None:
+    """Finish an interrupted pipeline: recorded work is kept, the rest is done once. None if it had finished.
+    The config read back from the store is checked again (orchestrator/resume_checks.py)."""
     on_event = on_event or (lambda kind, payload: None)
     tracker, parent = open_run(parent_id, tracking_uri)
     if parent.data.tags.get(tags.KIND_TAG) != "pipeline":
@@ -362,7 +407,10 @@ def resume_pipeline(parent_id: str, tracking_uri: str | None = None, on_event=No
         return None
     text = (Path(tracker.download(parent_id, "config.yaml", cache_dir("pipelines", parent_id)))).read_text()
     cfg = parse_config(yaml.safe_load(text), f"config.yaml of run {parent_id}")
+    check_resumed_config(cfg, parent_id, allow_remote_code)
+    if is_redacted(cfg.tracking.uri):  # recorded without its password: the store this run was opened from
+        cfg.tracking.uri = tracker.uri
     _preflight(cfg)
     tracker.reopen(parent_id)
-    on_event("started", {"parent_run_id": parent_id, "tracking_uri": tracker.uri})
+    on_event("started", {"parent_run_id": parent_id, "tracking_uri": redact(tracker.uri)})
     return _execute(cfg, tracker, parent_id, on_event, write_outputs=write_outputs)

@@ -30,9 +30,11 @@ from orchestrator.buffered_tracking import BufferedTracker
 from orchestrator.errors import PipelineError, TrackingError
 from orchestrator.pipeline import OutputsWriter, run_pipeline
 from orchestrator.provenance import provenance_tags
+from orchestrator.redact import redact
 from orchestrator.progress import ProgressBoard, StepSink
 from orchestrator.study_config import StudyConfig
-from orchestrator.study_storage import FAILURE_ATTR, RUN_ATTR, counted, open_storage, orphan_callback, recover_orphans
+from orchestrator.study_storage import (FAILURE_ATTR, RUN_ATTR, counted, open_storage, orphan_callback, record_study_attrs,
+                                        recover_orphans)
 from orchestrator.tags import FAILURE_TAG, PARETO_TRIALS_TAG, RETRY_OF_TRIAL_TAG, STUDY_TAG, TRIAL_NUMBER_TAG, TRIAL_PARAMS_TAG
 from orchestrator.tracking import MlflowTracker, check_reachable, resolve_tracking_uri
 
@@ -108,7 +110,7 @@ class StudyDriver:
         self.study = optuna.create_study(storage=self.storage, study_name=cfg.name, directions=cfg.directions,
                                          sampler=_sampler(cfg), pruner=_pruner(cfg), load_if_exists=True)
         if [d.name.lower() for d in self.study.directions] != cfg.directions:
-            raise PipelineError(f"study {cfg.name!r} in {cfg.storage_url()} has directions "
+            raise PipelineError(f"study {cfg.name!r} in {redact(cfg.storage_url())} has directions "
                                 f"{[d.name.lower() for d in self.study.directions]}, the file asks {cfg.directions}")
         self.study_id = self.storage.get_study_id_from_name(cfg.name)
         self.events: queue.Queue = queue.Queue()
@@ -277,11 +279,10 @@ class StudyDriver:
 
     def _drive(self) -> StudyResult:
         ray_runtime.connect(self.cfg.pipeline.resources.ray_address)
-        self.study.set_user_attr("objective_metrics", [o.metric for o in self.cfg.objectives])  # for `dyrank report`
-        self.study.set_user_attr("mlflow_tracking_uri", self.uri)
+        record_study_attrs(self.study, [o.metric for o in self.cfg.objectives], self.uri)
         self.study_run = self._open_study_run()
-        self.on_event("study_started", {"name": self.cfg.name, "storage": self.cfg.storage_url(),
-                                        "study_run_id": self.study_run, "tracking_uri": self.uri})
+        self.on_event("study_started", {"name": self.cfg.name, "storage": redact(self.cfg.storage_url()),
+                                        "study_run_id": self.study_run, "tracking_uri": redact(self.uri)})
         self._recover()
         self.study.sampler = _sampler(self.cfg, len(self.study.get_trials(deepcopy=False)))
         self.board = ProgressBoard.remote()

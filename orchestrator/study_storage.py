@@ -18,6 +18,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from orchestrator.errors import UsageError
+from orchestrator.redact import redact
 
 FAILURE_ATTR = "dyrank.failure"  # set on trials that failed inside their pipeline (they count as done)
 RUN_ATTR = "mlflow_run_id"  # the trial's pipeline run
@@ -40,8 +41,14 @@ def open_storage(url: str, heartbeat_seconds: int, on_orphan) -> tuple[optuna.st
     try:
         storage = RDBStorage(url, **heartbeat)
     except Exception as exc:  # sqlalchemy's errors name the driver or the host; keep the first line
-        raise UsageError(f"storage {url}: {str(exc).strip().splitlines()[0]}") from None
+        raise UsageError(redact(f"storage {url}: {str(exc).strip().splitlines()[0]}")) from None
     return storage, single_driver
+
+
+def record_study_attrs(study: optuna.Study, objective_metrics: list[str], tracking_uri: str) -> None:
+    """What `dyrank report` reads from the study; the store's password is never among them."""
+    study.set_user_attr("objective_metrics", objective_metrics)
+    study.set_user_attr("mlflow_tracking_uri", redact(tracking_uri))
 
 
 def orphan_callback(found: list[FrozenTrial]):

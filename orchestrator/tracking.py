@@ -11,9 +11,12 @@ MLflow client: a write that bypassed the buffer would reach the store out of ord
 
 from __future__ import annotations
 
+import base64
+import socket
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import unquote, urlsplit, urlunsplit
 from pathlib import Path
 from typing import Any, Iterable, Protocol, runtime_checkable
 
@@ -21,8 +24,9 @@ from mlflow.entities import Metric, Param, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import TrackingError
+from orchestrator.redact import redact, redact_tree
 from orchestrator.tags import FAILURE_TAG, KIND_TAG, PARENT_TAG
-from orchestrator.tracking_uri import is_remote_http, parse_tracking_uri, resolve_tracking_uri, sqlite_path
+from orchestrator.tracking_uri import DRIVER_SCHEMES, is_remote_http, parse_tracking_uri, resolve_tracking_uri, sqlite_path
 
 __all__ = ["FAILURE_TAG", "KIND_TAG", "PARENT_TAG", "MlflowTracker", "Tracker", "check_reachable", "open_run",
            "resolve_tracking_uri"]
@@ -80,18 +84,33 @@ class Tracker(Protocol):
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, naming the store (password masked), where MLflow would retry for minutes."""
     try:
-        parse_tracking_uri(uri)
+        parsed = parse_tracking_uri(uri)
     except ValueError as exc:
-        raise TrackingError(str(exc)) from None
+        raise TrackingError(redact(str(exc))) from None
     db = sqlite_path(uri)
     if db is not None and not db.parent.is_dir():
         raise TrackingError(f"tracking URI {uri}: folder {db.parent} does not exist")
+    parts = urlsplit(uri)
     if is_remote_http(uri):
+        # urllib refuses user:password@ in a URL: send them as a Basic auth header (as MLflow does) instead.
+        bare = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+        request = urllib.request.Request(bare.rstrip("/") + "/health")
+        if parts.username is not None:
+            token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout)
+            urllib.request.urlopen(request, timeout=timeout)
         except (urllib.error.URLError, OSError) as exc:
-            raise TrackingError(f"tracking URI {uri} is unreachable: {getattr(exc, 'reason', exc)}") from None
+            reason = redact(str(getattr(exc, "reason", exc)))
+            raise TrackingError(f"tracking URI {redact(uri)} is unreachable: {reason}") from None
+    elif parsed.scheme in DRIVER_SCHEMES and parts.hostname:  # a database server: can we open a connection?
+        port = parts.port or {"postgresql": 5432, "mysql": 3306}[parsed.scheme]
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout).close()
+        except OSError as exc:
+            raise TrackingError(f"tracking URI {redact(uri)} is unreachable: {exc}") from None
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -112,7 +131,7 @@ def open_run(run_id: str, tracking_uri: str | None = None) -> tuple[MlflowTracke
     try:
         return tracker, tracker.run(run_id)
     except Exception:
-        raise TrackingError(f"no run {run_id} in {uri}") from None
+        raise TrackingError(f"no run {run_id} in {redact(uri)}") from None
 
 
 class MlflowTracker:
@@ -138,7 +157,7 @@ class MlflowTracker:
         if parent_id:
             all_tags[PARENT_TAG] = parent_id
         run = self._client.create_run(
-            experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()},
+            experiment_id, run_name=name, tags={k: redact(str(v)) for k, v in all_tags.items()},
             start_time=int((start_time or time.time()) * 1000),
         )
         if params:
@@ -149,7 +168,7 @@ class MlflowTracker:
             timestamp_ms: int | None = None) -> None:
         """Params and metrics in as few store transactions as MLflow's batch limits allow. A fixed
         timestamp_ms makes a retried write identical to the first, which MLflow then stores once."""
-        params = [Param(k, str(v)[:6000]) for k, v in _flatten(params or {}).items()]
+        params = [Param(k, redact(str(v))[:6000]) for k, v in _flatten(params or {}).items()]  # no credentials
         ts = timestamp_ms or int(time.time() * 1000)
         metrics = [Metric(k, float(v), ts, step) for k, v in (metrics or {}).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -172,7 +191,7 @@ class MlflowTracker:
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         for key, value in tags.items():
-            self._client.set_tag(run_id, key, str(value))
+            self._client.set_tag(run_id, key, redact(str(value)))
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)
@@ -182,17 +201,17 @@ class MlflowTracker:
             self._client.log_artifact(run_id, str(path), artifact_path)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self._client.log_text(run_id, text, artifact_file)
+        self._client.log_text(run_id, redact(text), artifact_file)
 
     def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> None:
-        self._client.log_dict(run_id, obj, artifact_file)
+        self._client.log_dict(run_id, redact_tree(obj), artifact_file)
 
     def finish(self, run_id: str, end_time: float | None = None) -> None:
         self._client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED),
                                     end_time=int((end_time or time.time()) * 1000))
 
     def fail(self, run_id: str, reason: str) -> None:
-        self._client.set_tag(run_id, FAILURE_TAG, reason[:5000])
+        self._client.set_tag(run_id, FAILURE_TAG, redact(reason)[:5000])
         self._client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 
     def terminate(self, run_id: str, status: str) -> None:

@@ -62,6 +62,12 @@ def is_remote_http(uri: str) -> bool:
     return parsed is not None and parsed.scheme in ("http", "https")
 
 
+def is_remote_db(uri: str) -> bool:
+    """A database server (PostgreSQL, MySQL) used directly as the store: it can go away and come back."""
+    parsed = _parsed(uri)
+    return parsed is not None and parsed.scheme in DRIVER_SCHEMES
+
+
 def is_durable_in_ray_job(uri: str) -> bool:
     """Inside a Ray job the working folder is temporary: only a server or an absolute sqlite path outlives it."""
     path = sqlite_path(uri)

@@ -2,20 +2,33 @@
 
 A checkpoint folder holds the trainable weights, the optimizer and scheduler state, every RNG the run
 draws from (torch CPU/CUDA, the rank sampler) and the step, so a resumed run reaches bit-identical
-final weights. Folders are written under a temporary name and renamed, so a crash mid-write leaves the
-previous checkpoint as the latest.
+final weights. Folders are written under a temporary name, fsynced (files and folders) and renamed, so a
+crash mid-write leaves the previous checkpoint as the latest. Each holds `manifest.json` (size and sha256
+of every file): a checkpoint zeroed or cut short by a disk fault fails verification, is skipped with a
+warning and the one before it is used; a new checkpoint is verified before older ones are deleted.
+Checkpoints that exist but none of which verifies are an error, never a silent fresh start.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from trainers.atomic import fsync_dir, fsync_tree
+from trainers.paths import sha256_file
+
 CHECKPOINT_PREFIX = "step-"
+MANIFEST = "manifest.json"
+_log = logging.getLogger("dyrank.checkpoint")
+
+
+class CheckpointError(ValueError):
+    """No checkpoint of a run verifies, or a new one did not: resuming would silently lose its training."""
 
 
 def _split_tensors(tree: dict, prefix: str, tensors: dict, scalars: dict) -> None:
@@ -69,8 +82,33 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def write_manifest(folder: Path) -> None:
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in sorted(Path(folder).iterdir()) if p.is_file() and p.name != MANIFEST}
+    (Path(folder) / MANIFEST).write_text(json.dumps({"files": files}, indent=2))
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """Why the checkpoint cannot be trusted (missing, truncated or altered file), or None if it verifies."""
+    path = Path(path)
+    try:
+        files = json.loads((path / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"no readable {MANIFEST} ({type(exc).__name__})"
+    for name, want in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != want["bytes"]:
+            return f"{name} has {file.stat().st_size} bytes, the manifest says {want['bytes']}"
+        if sha256_file(file) != want["sha256"]:
+            return f"{name} does not match its sha256 in the manifest"
+    return None
+
+
 def save_checkpoint(folder: Path, step: int, model, optimizer, scheduler, sampler, keep: int) -> Path:
-    target = Path(folder) / f"{CHECKPOINT_PREFIX}{step:08d}"
+    folder = Path(folder)
+    target = folder / f"{CHECKPOINT_PREFIX}{step:08d}"
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -81,8 +119,15 @@ def save_checkpoint(folder: Path, step: int, model, optimizer, scheduler, sample
     rng = rng_state() | {f"sampler_{k}": v for k, v in (sampler.state_dict() if sampler else {}).items()}
     save_file(rng, tmp / "rng.safetensors")
     (tmp / "state.json").write_text(json.dumps({"step": step, "scheduler": scheduler.state_dict()}))
+    write_manifest(tmp)
+    fsync_tree(tmp)  # every byte on disk before the name says "complete"
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
+    fsync_dir(folder)
+    problem = verify_checkpoint(target)  # read back: only a verified checkpoint may replace older ones
+    if problem:
+        raise CheckpointError(f"checkpoint {target} failed verification right after writing: {problem}; "
+                              "the older checkpoints are kept")
     for old in list_checkpoints(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -93,6 +138,23 @@ def list_checkpoints(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and not p.name.endswith(".tmp"))
+
+
+def latest_valid_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint that verifies; each newer one that does not is skipped with a warning.
+    None when there is none at all (a fresh start); a CheckpointError when some exist but none verifies."""
+    found = list_checkpoints(folder)
+    problems = []
+    for path in reversed(found):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        problems.append(f"{path.name}: {problem}")
+        _log.warning("checkpoint %s failed verification (%s); trying the one before it", path, problem)
+    if found:
+        raise CheckpointError(f"no checkpoint in {folder} verifies ({'; '.join(problems)}); refusing to start "
+                              "over silently: delete the folder's checkpoints to train from step 0")
+    return None
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, sampler) -> int:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from trainers import checkpoint as ckpt
+from trainers.atomic import fsync_tree, read_jsonl, write_atomic, write_json_atomic
 from trainers.batching import BatchSchedule, collate, encode_all
 from trainers.config import JobConfig
 from trainers.costs import TrainingCosts
@@ -76,17 +77,18 @@ class FinetuneRecipe:
             num_warmup_steps=math.ceil(t.warmup_ratio * t.max_steps), num_training_steps=t.max_steps,
         )
         self.start_step = 0
-        latest = ckpt.list_checkpoints(self.out_dir / CHECKPOINT_DIR)
-        if latest:
-            self.start_step = ckpt.load_checkpoint(latest[-1], self.model, self.optimizer, self.scheduler, self.sampler)
-            self._truncate_metrics(self.start_step)
+        latest = ckpt.latest_valid_checkpoint(self.out_dir / CHECKPOINT_DIR)  # skips (and warns about) bad ones
+        if latest is not None:
+            self.start_step = ckpt.load_checkpoint(latest, self.model, self.optimizer, self.scheduler, self.sampler)
+        self._truncate_metrics(self.start_step)
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop metrics logged after the checkpoint we resume from: those steps will be trained again."""
+        """Drop metrics logged after the checkpoint we resume from (those steps will be trained again),
+        and a last line torn by a kill mid-write (dropped with a warning)."""
         path = self.out_dir / METRICS_FILE
         if path.exists():
-            kept = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
-            path.write_text("".join(l + "\n" for l in kept))
+            kept = [row for row in read_jsonl(path) if row["step"] <= step]
+            write_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))
 
     # ---- train -------------------------------------------------------------------------------------
     def train_step(self, step: int) -> dict:
@@ -145,7 +147,8 @@ class FinetuneRecipe:
         summary = {"steps": t.max_steps, "resumed_from": self.start_step, "final_loss": last["train_loss"],
                    "device": str(self.device), "method": self.method.name, "saved_dir": adapter_dir.name,
                    **asdict(costs)}
-        (self.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        fsync_tree(adapter_dir)  # the summary says "finished": what it points at must be on disk first
+        write_json_atomic(self.out_dir / SUMMARY_FILE, summary)
         return TrainResult(self.out_dir, adapter_dir, t.max_steps, last["train_loss"], seconds, self.start_step, costs)
 
     # ---- save --------------------------------------------------------------------------------------
@@ -154,7 +157,7 @@ class FinetuneRecipe:
         saved = self.method.save(self.model, self.cfg, self.out_dir / self.method.saved_dir)
         artifacts = self.method.artifacts(self.model, self.cfg)
         if artifacts:
-            (self.out_dir / ARTIFACTS_FILE).write_text(json.dumps(artifacts, indent=2))
+            write_json_atomic(self.out_dir / ARTIFACTS_FILE, artifacts)
         return saved
 
 

@@ -39,12 +39,25 @@ class PinnedPackage:
         return f"{self.package}=={self.version}"
 
 
-def pip_download(requirement: str, dest: Path, *, wheel_only: bool, error: type[Exception] = ValueError) -> Path:
+def pip_download(requirement: str, dest: Path, *, wheel_only: bool, sha256: str | None = None,
+                 error: type[Exception] = ValueError) -> Path:
     """Download one archive of `requirement` (no dependencies) into the empty folder `dest`; return it.
-    `wheel_only` refuses sdists. Failures raise `error` with the last lines of pip's output."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-input", "--progress-bar", "off",
-           *(["--only-binary=:all:"] if wheel_only else []), requirement, "-d", str(dest)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    `wheel_only` refuses sdists. An sdist may be fetched only with its archive's `sha256`: pip runs an
+    sdist's build backend (its own code) to read its metadata, so the hash goes to pip (--require-hashes)
+    and is checked on the downloaded bytes before anything in the archive runs. Failures raise `error`
+    with the last lines of pip's output."""
+    if not wheel_only and sha256 is None:
+        raise error(f"pip download {requirement}: an sdist runs its own build code; fetch it only with its sha256")
+    with tempfile.TemporaryDirectory(prefix="dyrank-pin-") as tmp:
+        if sha256 is not None:
+            pinned = Path(tmp) / "requirements.txt"
+            pinned.write_text(f"{requirement} --hash=sha256:{sha256}\n")
+            what = ["--require-hashes", "-r", str(pinned)]
+        else:
+            what = [requirement]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-input", "--progress-bar", "off",
+               *(["--only-binary=:all:"] if wheel_only else []), *what, "-d", str(dest)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
         raise error(f"pip download {requirement} failed (exit {done.returncode}): {tail}")

