@@ -88,9 +88,17 @@ def write_manifest(folder: Path) -> None:
     (Path(folder) / MANIFEST).write_text(json.dumps({"files": files}, indent=2))
 
 
+LEGACY_FILES = ("trainable.safetensors", "optimizer.safetensors", "optimizer.json", "rng.safetensors", "state.json")
+
+
 def verify_checkpoint(path: Path) -> str | None:
-    """Why the checkpoint cannot be trusted (missing, truncated or altered file), or None if it verifies."""
+    """Why the checkpoint cannot be trusted (missing, truncated or altered file), or None if it verifies.
+    A checkpoint written before checkpoints carried a manifest (dyrank at a83f95e and earlier) cannot be
+    verified: it is accepted with a warning when all its files are there and none is empty."""
     path = Path(path)
+    if not (path / MANIFEST).exists() and all((path / n).is_file() and (path / n).stat().st_size for n in LEGACY_FILES):
+        _log.warning("checkpoint %s predates checkpoint manifests: resuming from it unverified", path)
+        return None
     try:
         files = json.loads((path / MANIFEST).read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -120,3 +120,21 @@ def test_summary_write_hit_by_a_full_disk_leaves_the_old_file_whole(tmp_path, mo
     assert raised.value.errno == errno.ENOSPC
     assert json.loads(summary.read_text()) == {"steps": 12}
     assert [p.name for p in tmp_path.iterdir()] == ["train_summary.json"], "no temp file left behind"
+
+
+def test_a_checkpoint_from_before_manifests_still_resumes(tmp_path, caplog):
+    """An interrupted run of an older dyrank (no manifest.json) resumes, with a warning that it is unverified;
+    one of its files missing is still refused."""
+    from trainers.checkpoint import MANIFEST, latest_valid_checkpoint, list_checkpoints
+
+    overrides = ("training.max_steps=8", "training.checkpoint_every=4", "training.keep_checkpoints=1")
+    with pytest.raises(Interrupt):
+        train(tiny_job(*overrides), tmp_path, on_step=stop_at(6), progress=False)
+    [checkpoint] = list_checkpoints(tmp_path / "checkpoints")
+    (checkpoint / MANIFEST).unlink()
+    with caplog.at_level("WARNING"):
+        assert latest_valid_checkpoint(tmp_path / "checkpoints") == checkpoint
+    assert "predates checkpoint manifests" in caplog.text
+    (checkpoint / "rng.safetensors").unlink()
+    with pytest.raises(ckpt.CheckpointError):
+        latest_valid_checkpoint(tmp_path / "checkpoints")
