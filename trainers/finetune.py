@@ -85,7 +85,15 @@ class FinetuneRecipe:
         """Drop metrics logged after the checkpoint we resume from: those steps will be trained again."""
         path = self.out_dir / METRICS_FILE
         if path.exists():
-            kept = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
+            lines, kept = path.read_text(encoding="utf-8").splitlines(), []
+            for number, line in enumerate(lines, start=1):
+                try:
+                    if line and json.loads(line)["step"] <= step:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError) as exc:
+                    if number == len(lines):
+                        break  # the last line, cut short by the interruption: that step is trained again anyway
+                    raise ValueError(f"{path}:{number}: not a metrics record ({exc})") from None
             path.write_text("".join(l + "\n" for l in kept))
 
     # ---- train -------------------------------------------------------------------------------------
@@ -164,10 +172,14 @@ def finished_result(out_dir: str | Path) -> TrainResult | None:
     summary_path = out_dir / SUMMARY_FILE
     if not summary_path.exists():
         return None
-    summary = json.loads(summary_path.read_text())
-    costs = TrainingCosts.from_dict(summary)
-    return TrainResult(out_dir, out_dir / summary.get("saved_dir", ADAPTER_DIR), summary["steps"], summary["final_loss"],
-                       summary["device_seconds"], summary["resumed_from"], costs)
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        costs = TrainingCosts.from_dict(summary)
+        return TrainResult(out_dir, out_dir / summary.get("saved_dir", ADAPTER_DIR), summary["steps"],
+                           summary["final_loss"], summary["device_seconds"], summary["resumed_from"], costs)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # truncated or edited by hand
+        raise ValueError(f"{summary_path}: not a dyrank training summary ({type(exc).__name__}: {exc}); "
+                         "move it aside to train again") from None
 
 
 def train(cfg: JobConfig, out_dir: str | Path, on_step=None, progress: bool = True) -> TrainResult:
