@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
+from tests.support.fake_adapter import write_adapter
 
 GOOD = {
     "name": "bad-input",
@@ -98,24 +99,9 @@ def study(space: dict | None = None, **fields) -> Callable[[Path], list[str]]:
 
 
 def adapter_folder(tmp: Path, broken: dict[str, bytes] | None = None) -> Path:
-    """A QDyLoRA adapter folder of rank 4 (two layers of the tiny model), with `broken` files written over."""
-    from safetensors.numpy import save_file
-    import numpy as np
-
-    folder = tmp / "run" / "adapter"
-    folder.mkdir(parents=True)
-    prefix = "base_model.model.model.layers.0.self_attn."
-    save_file({f"{prefix}{m}.lora_A.weight": np.ones((4, 64), np.float32) for m in ("q_proj", "v_proj")}
-              | {f"{prefix}{m}.lora_B.weight": np.ones((64, 4), np.float32) for m in ("q_proj", "v_proj")},
-              str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (folder / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"],
-        "base_model_name_or_path": None}))
-    (folder / "dyrank_adapter.json").write_text(json.dumps(
-        {"method": "qdylora", "dynamic": True, "r_min": 1, "r_max": 4, "lora_alpha": 16}))
-    for name, data in (broken or {}).items():
-        (folder / name).write_bytes(data)
-    return folder.parent
+    """A train folder (run/) holding a rank-4 QDyLoRA adapter, with `broken` files written over."""
+    write_adapter(tmp / "run" / "adapter", broken=broken)
+    return tmp / "run"
 
 
 def export(broken: dict[str, bytes] | None = None, out: str = "out", rank: int = 2, extra=()) -> Callable:
@@ -366,3 +352,52 @@ def test_every_class_has_three_rows():
     kinds = [r.kind for r in BAD_INPUTS]
     assert {k: kinds.count(k) for k in set(kinds)} == {k: kinds.count(k) for k in set(kinds) if kinds.count(k) >= 3}
     assert set(kinds) == {"config", "yaml", "data", "model", "study", "paths"}
+
+
+# --- the CLI boundary and what a failed command leaves ---------------------------------------------------------
+
+
+def test_an_unexpected_error_is_one_line_pointing_at_debug_which_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    import orchestrator.cli as cli
+
+    def broken(args):
+        raise KeyError("a bug, not bad input")
+
+    monkeypatch.setattr(cli, "cmd_check", broken)
+    assert main(["check", config(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "unexpected KeyError" in err and "run with --debug for the traceback" in err
+    for argv in (["--debug", "check", config(tmp_path)], ["check", config(tmp_path), "--debug"]):
+        with pytest.raises(KeyError, match="a bug"):
+            main(argv)
+
+
+def test_an_os_error_names_its_file(tmp_path, monkeypatch, capsys):
+    import orchestrator.cli as cli
+
+    def unreadable(args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "locked.yaml"))
+
+    monkeypatch.setattr(cli, "cmd_check", unreadable)
+    assert main(["check", config(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"dyrank check: error: {tmp_path / 'locked.yaml'}: Permission denied\n"
+
+
+def test_train_failing_during_set_up_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    # A model folder that passes the light checks but cannot be loaded: the failure comes after runs/NAME was made.
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama", "hidden_size": "wide"}')
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", config(tmp_path, {"model.source": str(folder)})]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "model"]
+
+
+def test_a_study_that_fails_validation_creates_no_storage(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = study({"training.lr": {"type": "float", "low": 1e-4, "high": 1e-3, "step": 0}})(tmp_path)
+    assert main(argv) == 2
+    assert "search_space.training.lr.step" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
