@@ -39,13 +39,13 @@ def _add_out(parser: argparse.ArgumentParser, default: str | None = None, defaul
 
 
 def _port(text: str) -> int:
-    """A TCP port for --mlflow-port / --optuna-port: 1..65535 (argparse names the flag in its error)."""
+    """A TCP port for --mlflow-port / --optuna-port: 0 (any free port) to 65535; argparse names the flag."""
     try:
         port = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is outside 1..65535")
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0..65535 (0: any free port)")
     return port
 
 
@@ -311,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="the MLflow UI and optuna-dashboard on 127.0.0.1; Ctrl-C stops both")
     _add_tracking_uri(p)
     _add_storage(p)
-    p.add_argument("--mlflow-port", type=_port, default=5000, help="default 5000, or a free one if taken")
-    p.add_argument("--optuna-port", type=_port, default=8080, help="default 8080, or a free one if taken")
+    p.add_argument("--mlflow-port", type=_port, default=5000, help="default 5000, or a free one if taken; 0: any free port")
+    p.add_argument("--optuna-port", type=_port, default=8080, help="default 8080, or a free one if taken; 0: any free port")
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("resume", help="finish an interrupted pipeline; nothing is redone or recorded twice")

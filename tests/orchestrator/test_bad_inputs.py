@@ -283,7 +283,8 @@ BAD_INPUTS = [
       ("--out",)),
     R("ui-port-too-big", "paths", lambda tmp: ["ui", "--mlflow-port", "70000"], ("--mlflow-port",)),
     R("ui-port-negative", "paths", lambda tmp: ["ui", "--optuna-port", "-1"], ("--optuna-port",)),
-    R("ui-port-zero", "paths", lambda tmp: ["ui", "--mlflow-port", "0"], ("--mlflow-port",)),
+    R("ui-port-65536", "paths", lambda tmp: ["ui", "--mlflow-port", "65536"], ("--mlflow-port",)),
+    R("ui-port-not-a-number", "paths", lambda tmp: ["ui", "--optuna-port", "80a"], ("--optuna-port",)),
 ]
 
 
