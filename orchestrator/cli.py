@@ -272,6 +272,8 @@ def cmd_data(args) -> int:
     from trainers.out_dir import check_out_dir
 
     get_dataset(args.name)  # an unknown name lists the known ones
+    if args.max_records is not None and args.max_records < 0:
+        raise UsageError(f"--max-records {args.max_records}: must be 0 (all) or more")
     if args.out:  # a non-empty folder only if it holds an earlier build of this data set (or with --force)
         check_out_dir(args.out, force=args.force, reusable=lambda path: (read_manifest(path) or {}).get("name") == args.name)
     options = {"max_records": args.max_records} if args.max_records is not None else {}

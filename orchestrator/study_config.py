@@ -41,8 +41,6 @@ def parse_storage_url(url: str) -> tuple[str, Path | None]:
             parsed = None
         if parsed is None or parsed.scheme not in ("sqlite", "postgresql", "mysql"):
             raise ValueError(f"unsupported storage {url!r}; use {STORAGE_FORMS}")
-        if parsed.scheme != "sqlite" and not parsed.netloc:
-            raise ValueError(f"storage {url!r}: {parsed.scheme}:// needs a host")
         scheme, file = parsed.scheme, Path(parsed.path[1:]) if parsed.scheme == "sqlite" else None
     if file is not None and not file.resolve().parent.is_dir():
         raise ValueError(f"storage {url!r}: folder {file.resolve().parent} does not exist")

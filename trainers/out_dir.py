@@ -25,6 +25,8 @@ class OutDirError(ValueError):
 def check_out_dir(out: str | Path, *, flag: str = "--out", force: bool = False, source: str | Path | None = None,
                   reusable: Callable[[Path], bool] = lambda path: False) -> Path:
     """`out` resolved, or an OutDirError saying why it cannot be written (see the module doc)."""
+    if not str(out).strip():
+        raise OutDirError(f"{flag} is empty; give a folder")
     try:
         path = Path(out).expanduser().resolve()
     except (OSError, ValueError) as exc:

@@ -133,6 +133,16 @@ def _resume_broken_summary(tmp: Path) -> list[str]:
     return ["train", "--resume", str(tmp / "runs" / "x")]
 
 
+def _resume_damaged_checkpoint(tmp: Path) -> list[str]:
+    run = tmp / "runs" / "x"
+    (run / "checkpoints" / "step-00000002").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(GOOD))
+    for name in ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors"):
+        (run / "checkpoints" / "step-00000002" / name).write_bytes(b"\x08\0\0\0\0\0\0\0{}")
+    (run / "checkpoints" / "step-00000002" / "state.json").write_text('{"step": 2, "sched')
+    return ["train", "--resume", str(run)]
+
+
 def _model_folder(tmp: Path, config_json: str | None) -> str:
     folder = tmp / "model"
     folder.mkdir()
@@ -187,6 +197,7 @@ BAD_INPUTS = [
     R("tracking-scheme-suffix", "config", check({"tracking.uri": "postgresqlXYZ://h/db"}), ("tracking.uri",)),
     R("tracking-no-scheme", "config", check({"tracking.uri": "mlflow.db"}), ("tracking.uri",)),
     R("tracking-sqlite-no-path", "config", check({"tracking.uri": "sqlite://"}), ("tracking.uri",)),
+    R("tracking-postgres-nothing", "config", check({"tracking.uri": "postgresql://"}), ("tracking.uri",)),
     R("storage-scheme-suffix", "config", study(storage="postgresqlXYZ://h/db"), ("storage",)),
     R("storage-bare-mysql", "config", study(storage="mysql"), ("storage",)),
     R("storage-journal-empty", "config", study(storage="journal:"), ("storage",)),
@@ -199,6 +210,8 @@ BAD_INPUTS = [
     R("baseline-method-list", "config", check({"baselines.methods": [{"method": [1]}]}), ("baselines.methods",)),
     R("baseline-name-list", "config", check({"baselines.methods": [{"name": [1], "method": "qlora"}]}),
       ("baselines.methods",)),
+    R("baseline-rank-inf", "config", check({"baselines.methods": [{"method": "qlora", "rank": float("inf")}]}),
+      ("baselines.methods[0]", "adapter.rank")),
     R("baseline-not-mapping", "config", check({"baselines.methods": [5]}), ("baselines.methods",)),
     R("baseline-name-path", "config", check({"baselines.methods": [{"name": "../b", "method": "qlora"}]}),
       ("baselines.methods",)),
@@ -213,6 +226,9 @@ BAD_INPUTS = [
     R("alias-bomb-set", "yaml", lambda tmp: ["check", config(tmp), "--set", "name=" + BOMB_FLOW], ("--set", "name")),
     R("duplicate-study-key", "yaml", lambda tmp: ["study", config(tmp, text="name: a\nname: b\n", name="study.yaml")],
       ("name", "study.yaml")),
+    R("yaml-python-tag", "yaml", check(text="name: !!python/object/apply:os.system [echo hi]\n"), ("config.yaml",)),
+    R("yaml-deep-nesting", "yaml", check(text="data: {dataset: tiny-qa}\nname: " + "[" * 500 + "]" * 500 + "\n"),
+      ("config.yaml", "nested")),
     # --- data -----------------------------------------------------------------------------------------------------
     R("record-not-object", "data", records([1, 2]), ("train.jsonl:41",)),
     R("record-missing-field", "data", records({"prompt": "x"}), ("train.jsonl:41",)),
@@ -229,6 +245,9 @@ BAD_INPUTS = [
     R("validation-file-bad-record", "data", lambda tmp: ["check", config(tmp, {
         "data.validation_file": _file(tmp, "val.jsonl", b'{"prompt": "a", "completion": "b"}\n"just a string"\n')})],
       ("val.jsonl:2",)),
+    R("dataset-not-built", "data", check({"data.dataset": "countries"}), ("countries", "dyrank data build"),
+      env={"DYRANK_HOME": "{tmp}/home"}),
+    R("record-bom", "data", records(raw='\ufeff{"prompt": "a", "completion": "b"}\n'.encode()), ("train.jsonl:41",)),
     # --- model sources --------------------------------------------------------------------------------------------
     R("model-file-not-gguf", "model", model(lambda t: _file(t, "weights.bin", b"\0" * 64), "model.source"),
       ("model.source",)),
@@ -238,6 +257,8 @@ BAD_INPUTS = [
     R("model-config-not-json", "model", model(lambda t: _model_folder(t, "{oops"), "model.source"), ("config.json",)),
     R("model-registered-not-fetched", "model", check({"model.source": "smollm2-135m-instruct"}),
       ("smollm2-135m-instruct", "dyrank models fetch"), env={"DYRANK_HOME": "{tmp}/home"}),
+    R("model-device-file", "model", check({"model.source": "/dev/null"}), ("model.source", "/dev/null")),
+    R("model-config-json-list", "model", model(lambda t: _model_folder(t, "[]"), "model.source"), ("config.json",)),
     # --- studies --------------------------------------------------------------------------------------------------
     R("space-inf-high", "study", study({"training.lr": {"type": "float", "low": 1e-4, "high": float("inf")}}),
       ("search_space.training.lr",)),
@@ -252,6 +273,9 @@ BAD_INPUTS = [
     R("space-inf-max-steps", "study", study({"training.max_steps": {"type": "int", "low": 1, "high": float("inf")}}),
       ("search_space.training.max_steps",)),
     R("sampler-seed-negative", "study", study(sampler={"seed": -1}), ("sampler.seed",)),
+    R("space-int-step-fraction", "study", study({"adapter.r_max": {"type": "int", "low": 2, "high": 4, "step": 0.5}}),
+      ("search_space.adapter.r_max",)),
+    R("storage-postgres-nothing", "study", study(storage="postgresql://"), ("storage",)),
     # --- paths and files ------------------------------------------------------------------------------------------
     R("config-fifo", "paths", _fifo, ("config.yaml",)),
     R("config-directory", "paths", lambda tmp: ["check", str(tmp)], (str("{tmp}"),)),
@@ -267,12 +291,15 @@ BAD_INPUTS = [
     R("export-bogus-run-id", "paths", lambda tmp: ["export", HEX, "--rank", "2", "--out", "o"], (HEX,)),
     R("export-bogus-name", "paths", lambda tmp: ["export", "no-such-thing", "--rank", "2", "--out", "o"],
       ("no-such-thing",)),
+    R("export-rank-zero", "paths", export(rank=0), ("rank 0",)),
+    R("export-out-empty", "paths", export(out=""), ("--out",)),
     R("resume-bogus-run-id", "paths", lambda tmp: ["resume", HEX], (HEX,)),
     R("resume-bogus-text", "paths", lambda tmp: ["resume", "../etc"], ("../etc",)),
     R("report-bogus-run-id", "paths", lambda tmp: ["report", HEX], (HEX,)),
     R("report-out-not-empty", "paths", lambda tmp: (_mkdirs("full")(tmp), ["report", HEX, "--out", "full"])[1],
       ("--out",)),
     R("train-resume-summary-truncated", "paths", _resume_broken_summary, ("train_summary.json",)),
+    R("train-resume-checkpoint-damaged", "paths", _resume_damaged_checkpoint, ("step-00000002",)),
     R("train-out-not-empty", "paths", train_with(out="full", before=_mkdirs("full")), ("--out",)),
     R("train-out-under-file", "paths", train_with(out="afile/run", before=lambda t: (t / "afile").write_text("x")),
       ("--out",)),
@@ -281,6 +308,8 @@ BAD_INPUTS = [
     R("data-build-out-under-file", "paths", lambda tmp: ((tmp / "afile").write_text("x"),
                                                          ["data", "build", "countries", "--out", "afile/d"])[1],
       ("--out",)),
+    R("data-build-max-records-negative", "paths", lambda tmp: ["data", "build", "wordnet", "--max-records", "-5"],
+      ("--max-records",)),
     R("ui-port-too-big", "paths", lambda tmp: ["ui", "--mlflow-port", "70000"], ("--mlflow-port",)),
     R("ui-port-negative", "paths", lambda tmp: ["ui", "--optuna-port", "-1"], ("--optuna-port",)),
     R("ui-port-65536", "paths", lambda tmp: ["ui", "--mlflow-port", "65536"], ("--mlflow-port",)),

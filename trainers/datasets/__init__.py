@@ -147,4 +147,7 @@ def built_split_files(name: str) -> dict[str, Path]:
     manifest = read_manifest(out) if out.is_dir() else None
     if not manifest:
         raise ValueError(f"data set {name} is not built; run: dyrank data build {name}")
-    return {split: out / manifest["files"][split] for split in SPLITS}
+    try:
+        return {split: out / manifest["files"][split] for split in SPLITS}
+    except (KeyError, TypeError):
+        raise ValueError(f"{out / MANIFEST}: not a complete manifest; rebuild: dyrank data build {name} --force") from None
