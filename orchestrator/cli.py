@@ -77,7 +77,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from trainers.finetune import CHECKPOINT_DIR, train
+    from trainers.finetune import CHECKPOINT_DIR, METRICS_FILE, train
     from trainers.out_dir import check_out_dir, removed_on_failure
 
     if args.resume:
@@ -95,8 +95,8 @@ def cmd_train(args) -> int:
         if (out / "config.yaml").exists():
             raise UsageError(f"--out {out} already holds a training run; use --resume {out} or another --out")
         out = check_out_dir(out, force=args.force)
-    # A run that fails before its first checkpoint leaves no folder behind (there is nothing to resume).
-    with removed_on_failure(out, keep=lambda path: (path / CHECKPOINT_DIR).is_dir()):
+    # A run that fails during set-up (before its first step is recorded) leaves no folder behind.
+    with removed_on_failure(out, keep=lambda path: (path / CHECKPOINT_DIR).is_dir() or (path / METRICS_FILE).exists()):
         if not args.resume:
             (out / "config.yaml").write_text(cfg.to_yaml())
         result = train(cfg, out)
@@ -183,7 +183,6 @@ def cmd_study(args) -> int:
 
 def cmd_report(args) -> int:
     from dashboards.report import write_report
-
     from trainers.out_dir import check_out_dir
 
     out = check_out_dir(args.out, force=args.force) if args.out else "reports"  # ./reports collects every report
@@ -274,8 +273,12 @@ def cmd_data(args) -> int:
     get_dataset(args.name)  # an unknown name lists the known ones
     if args.max_records is not None and args.max_records < 0:
         raise UsageError(f"--max-records {args.max_records}: must be 0 (all) or more")
+    def earlier_build(path: Path) -> bool:
+        manifest = read_manifest(path)
+        return isinstance(manifest, dict) and manifest.get("name") == args.name
+
     if args.out:  # a non-empty folder only if it holds an earlier build of this data set (or with --force)
-        check_out_dir(args.out, force=args.force, reusable=lambda path: (read_manifest(path) or {}).get("name") == args.name)
+        check_out_dir(args.out, force=args.force, reusable=earlier_build)
     options = {"max_records": args.max_records} if args.max_records is not None else {}
     out = build(args.name, args.out, force=args.force, **options)
     print(json.dumps(read_manifest(out), indent=2))

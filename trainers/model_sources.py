@@ -84,7 +84,8 @@ def max_useful_rank(source: str, target_modules) -> tuple[int, list[str]] | None
     shapes = layer_shapes(source)
     if shapes is None:
         return None
-    names = list(shapes) if target_modules == "all-linear" else [n for n in shapes if n in target_modules]
+    names = list(shapes) if target_modules == "all-linear" else [  # PEFT matches a module name or its dotted tail
+        n for n in shapes if any(t == n or t.endswith("." + n) for t in target_modules)]
     if not names:
         raise ValueError(f"matches no linear layer of the model's blocks; they are {', '.join(shapes)}")
     return max(min(shapes[n]) for n in names), names
