@@ -28,7 +28,8 @@ from trainers.adapters import attach_lora  # noqa: E402
 from trainers.models import QuantSettings, default_device, load_base_model  # noqa: E402
 from trainers.optim import build_optimizer  # noqa: E402
 from trainers.methods.base import write_adapter_meta  # noqa: E402
-from trainers.methods.qdylora import RankSampler, export_rank, set_active_rank  # noqa: E402
+from trainers.export import export_adapter  # noqa: E402
+from trainers.methods.qdylora import RankSampler, set_active_rank  # noqa: E402
 
 
 def p1_step_ratio(base: Path, steps: int, batch: int, seq: int, r: int = 64) -> dict:
@@ -87,7 +88,7 @@ def p3_sweep_ratio(base: Path, work: Path, ranks: list[int], n_examples: int, se
     def naive() -> list[float]:
         losses = []
         for r in ranks:
-            exported = export_rank(adapter, r, work / f"r{r}")
+            exported = export_adapter(adapter, r, work / f"r{r}", force=True)  # what `dyrank export` runs
             model = load_adapter(base, exported, QuantSettings())
             losses.append(evaluate(model, examples, Pad(), 8)["eval_loss"])
             del model

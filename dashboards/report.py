@@ -17,11 +17,11 @@ from dashboards.html import Page
 from dashboards.pipeline_report import add_pipeline_section, load_pipeline
 from orchestrator.errors import UsageError
 from orchestrator.redact import is_redacted, redact
+from orchestrator.study_config import parse_storage_url
 from orchestrator.study_storage import open_storage
 from orchestrator.tags import KIND_TAG, STUDY_TAG
-from orchestrator.tracking import MlflowTracker, Tracker, check_reachable, open_run, resolve_tracking_uri
+from orchestrator.tracking import RUN_ID, MlflowTracker, Tracker, check_reachable, open_run, resolve_tracking_uri
 
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 TRACKING_ATTR = "mlflow_tracking_uri"  # set on the study by its driver
 
 
@@ -36,9 +36,12 @@ def default_storage() -> str:
 
 
 def _load_study(name: str, storage: str) -> optuna.Study | None:
-    for prefix in ("sqlite:///", "journal:"):  # opening a missing file would create an empty store
-        if storage.startswith(prefix) and not Path(storage.removeprefix(prefix)).is_file():
-            return None
+    try:
+        _, file = parse_storage_url(storage)
+    except ValueError as exc:
+        raise UsageError(f"--storage: {exc}") from None
+    if file is not None and not file.is_file():  # opening a missing file would create an empty store
+        return None
     try:
         return optuna.load_study(study_name=name, storage=open_storage(storage, 60, None)[0])
     except KeyError:
@@ -78,7 +81,7 @@ def write_report(target: str, tracking_uri: str | None = None, storage: str | No
                  out_dir: str | Path = "reports") -> Report:
     out_dir = Path(out_dir).resolve()
     storage = storage or default_storage()
-    if RUN_ID.match(target):
+    if RUN_ID.fullmatch(target):
         tracker, run = open_run(target, tracking_uri)
         kind = run.data.tags.get(KIND_TAG)
         if kind == "pipeline":

@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 
 POLICIES = ("best", "smallest-within")
+# What every rank's row of the validation sweep holds (evaluators/metrics.py `evaluate`, "eval_" prefixed):
+# the metrics selection.metric may name.
+SWEEP_METRICS = ("eval_loss", "eval_perplexity", "eval_exact_match")
 
 
 def _usable_rows(results: list[dict], metric: str) -> list[dict]:

@@ -30,19 +30,42 @@ def _add_storage(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", help="Optuna storage (default: ./optuna.db)")
 
 
-def _add_out(parser: argparse.ArgumentParser, default: str | None = None, default_text: str | None = None) -> None:
-    """--out FOLDER: required where there is no default."""
+def _add_out(parser: argparse.ArgumentParser, default: str | None = None, default_text: str | None = None,
+             force: str | None = "replace a non-empty --out folder") -> None:
+    """--out FOLDER: required where there is no default; a non-empty folder is refused unless --force
+    (trainers/out_dir.py: the rule every command that writes a folder follows)."""
     shown = default_text or (f"./{default}" if default else None)
-    parser.add_argument("--out", default=default, required=default is None and default_text is None,
+    parser.add_argument("--out", default=None, required=default is None and default_text is None,
                         help="output folder" + (f" (default {shown})" if shown else ""))
+    if force:
+        parser.add_argument("--force", action="store_true", help=force)
+
+
+def _port(text: str) -> int:
+    """A TCP port for --mlflow-port / --optuna-port: 0 (any free port) to 65535; argparse names the flag."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0..65535 (0: any free port)")
+    return port
 
 
 def cmd_check(args) -> int:
+    from trainers.datasets.splits import load_splits
+    from trainers.model_sources import check_available
+
     cfg = load_config(args.config, args.overrides)
+    # Beyond the schema: the data loads (every record checked, every split non-empty) and the model is there;
+    # nothing is downloaded or built.
+    splits = load_splits(cfg.data, build=False)
+    check_available(cfg.model.source)
     print(redact(cfg.to_yaml()), end="")
     jobs = [f"{job.name} ({job.method})" for job in cfg.baseline_jobs()]
     print(f"# {args.config}: OK ({cfg.adapter.method}, ranks {cfg.eval_ranks()[0]}..{cfg.eval_ranks()[-1]})"
-          + (f"; baseline jobs: {', '.join(jobs)}" if jobs else ""), file=sys.stderr)
+          + (f"; baseline jobs: {', '.join(jobs)}" if jobs else "")
+          + "; data: " + ", ".join(f"{name} {len(records)}" for name, records in splits.items()), file=sys.stderr)
     return 0
 
 
@@ -57,7 +80,8 @@ def cmd_plan(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from trainers.finetune import train
+    from trainers.finetune import CHECKPOINT_DIR, METRICS_FILE, train
+    from trainers.out_dir import check_out_dir, removed_on_failure
 
     if args.resume:
         out = Path(args.resume)
@@ -73,12 +97,16 @@ def cmd_train(args) -> int:
         out = Path(args.out or f"runs/{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}")
         if (out / "config.yaml").exists():
             raise UsageError(f"--out {out} already holds a training run; use --resume {out} or another --out")
-        out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / "config.yaml", redact(cfg.to_yaml()))
+        out = check_out_dir(out, force=args.force)
+    # A run that fails during set-up (before its first step is recorded) leaves no folder behind.
     try:
-        result = train(cfg, out)
+        with removed_on_failure(out, keep=lambda path: (path / CHECKPOINT_DIR).is_dir() or (path / METRICS_FILE).exists()):
+            if not args.resume:
+                write_atomic(out / "config.yaml", redact(cfg.to_yaml()))
+            result = train(cfg, out)
     except KeyboardInterrupt:  # checkpoints and the metrics log are consistent on disk: say how to go on
-        print(f"\ndyrank train: interrupted; continue with: dyrank train --resume {out}", file=sys.stderr)
+        hint = f"continue with: dyrank train --resume {out}" if out.exists() else "nothing was trained yet"
+        print(f"\ndyrank train: interrupted; {hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; adapter: {result.adapter_dir}")
     return 0
@@ -192,8 +220,10 @@ def cmd_study(args) -> int:
 
 def cmd_report(args) -> int:
     from dashboards.report import write_report
+    from trainers.out_dir import check_out_dir
 
-    report = write_report(args.target, args.tracking_uri, args.storage, args.out)
+    out = check_out_dir(args.out, force=args.force) if args.out else "reports"  # ./reports collects every report
+    report = write_report(args.target, args.tracking_uri, args.storage, out)
     print(f"report: {report.html}")
     for png in report.pngs:
         print(f"  png: {png}")
@@ -225,28 +255,30 @@ def cmd_ui(args) -> int:
         servers.stop()
 
 
-def _adapter_from_run(run_id: str, tracking_uri: str | None) -> Path:
-    """The full adapter of a pipeline run (or of one of its child runs), downloaded from MLflow."""
-    import tempfile
+def _adapter_from_run(run_id: str, tracking_uri: str | None, into: str) -> Path:
+    """The full adapter of a pipeline run (or of one of its child runs), downloaded from MLflow into `into`."""
+    from orchestrator.tracking import PARENT_TAG, RUN_ID, open_run
 
-    from orchestrator.tracking import PARENT_TAG, open_run
-
+    if not RUN_ID.fullmatch(run_id):
+        raise UsageError(f"{run_id}: no such folder, and not an MLflow run id (32 hex digits)")
     tracker, run = open_run(run_id, tracking_uri)
     parent = run.data.tags.get(PARENT_TAG, run_id)
-    return tracker.download(parent, "adapter", tempfile.mkdtemp(prefix="dyrank-export-"))
+    return tracker.download(parent, "adapter", into)
 
 
 def cmd_export(args) -> int:
-    from trainers.methods.qdylora import export_rank
+    import tempfile
 
-    source = Path(args.source)
-    if source.exists():
-        adapter = source / "adapter" if (source / "adapter").is_dir() else source
+    from trainers.export import export_adapter
+    from trainers.out_dir import check_out_dir
+
+    if Path(args.source).exists():
+        out = export_adapter(args.source, args.rank, args.out, force=args.force)
     else:
-        adapter = _adapter_from_run(args.source, args.tracking_uri)
-    if not (adapter / "adapter_config.json").is_file():
-        raise UsageError(f"{source}: no adapter found (expected a dyrank train folder, an adapter folder or a run id)")
-    out = export_rank(adapter, args.rank, args.out)
+        check_out_dir(args.out, force=args.force)  # before anything is downloaded
+        with tempfile.TemporaryDirectory(prefix="dyrank-export-") as into:
+            out = export_adapter(_adapter_from_run(args.source, args.tracking_uri, into), args.rank, args.out,
+                                 force=args.force)
     print(f"rank-{args.rank} PEFT adapter written to {out}")
     return 0
 
@@ -272,8 +304,18 @@ def cmd_models(args) -> int:
 def cmd_data(args) -> int:
     import json
 
-    from trainers.datasets import build, read_manifest
+    from trainers.datasets import build, get_dataset, read_manifest
+    from trainers.out_dir import check_out_dir
 
+    get_dataset(args.name)  # an unknown name lists the known ones
+    if args.max_records is not None and args.max_records < 0:
+        raise UsageError(f"--max-records {args.max_records}: must be 0 (all) or more")
+    def earlier_build(path: Path) -> bool:
+        manifest = read_manifest(path)
+        return isinstance(manifest, dict) and manifest.get("name") == args.name
+
+    if args.out:  # a non-empty folder only if it holds an earlier build of this data set (or with --force)
+        check_out_dir(args.out, force=args.force, reusable=earlier_build)
     options = {"max_records": args.max_records} if args.max_records is not None else {}
     out = build(args.name, args.out, force=args.force, **options)
     print(json.dumps(read_manifest(out), indent=2))
@@ -295,6 +337,7 @@ def cmd_cache(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dyrank", description="QDyLoRA rank search: train once, evaluate every rank.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also accepted after the command)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     for name, func, summary in (  # the commands that take a config and nothing else
@@ -309,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="one training run, locally (no Ray)")
     _add_config_args(p, required=False)
-    _add_out(p, default_text="runs/NAME-TIMESTAMP")
+    _add_out(p, default_text="runs/NAME-TIMESTAMP", force="train into a non-empty --out folder")
     p.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
     p.set_defaults(func=cmd_train)
 
@@ -317,14 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="a pipeline run id, a study run id, or a study name")
     _add_tracking_uri(p, " (for a study: the one its driver recorded)")
     _add_storage(p)
-    _add_out(p, default="reports")
+    _add_out(p, default="reports", force="write into a non-empty --out folder")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("ui", help="the MLflow UI and optuna-dashboard on 127.0.0.1; Ctrl-C stops both")
     _add_tracking_uri(p)
     _add_storage(p)
-    p.add_argument("--mlflow-port", type=int, default=5000, help="default 5000, or a free one if taken")
-    p.add_argument("--optuna-port", type=int, default=8080, help="default 8080, or a free one if taken")
+    p.add_argument("--mlflow-port", type=_port, default=5000, help="default 5000, or a free one if taken; 0: any free port")
+    p.add_argument("--optuna-port", type=_port, default=8080, help="default 8080, or a free one if taken; 0: any free port")
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("resume", help="finish an interrupted pipeline; nothing is redone or recorded twice")
@@ -342,8 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="build an offline data set into train/validation/test JSONL in the cache")
     p.add_argument("action", choices=["build"])
     p.add_argument("name", help="countries or wordnet")
-    _add_out(p, default_text="the cache")
-    p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
+    _add_out(p, default_text="the cache", force=None)
+    p.add_argument("--force", action="store_true", help="rebuild even if up to date; build into a non-empty --out")
     p.add_argument("--max-records", type=int, help="wordnet: cap on records (0: all)")
     p.set_defaults(func=cmd_data)
 
@@ -357,17 +400,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="a dyrank train folder, or an MLflow pipeline run id")
     _add_tracking_uri(p, ", when SOURCE is a run id")
     p.add_argument("--rank", type=int, required=True)
-    _add_out(p)
+    _add_out(p, force="replace a non-empty --out folder (never the source itself)")
     p.set_defaults(func=cmd_export)
     return parser
 
 
+EXPECTED_ERRORS = (ConfigError, UsageError, PipelineError, RayConnectError, TrackingError, ValueError)
+
+
+def error_message(exc: BaseException) -> str:
+    """The one line (or one validation list) the user sees: expected errors as they are worded; an OSError as
+    its file and reason; anything else as its type and first line, with a pointer to --debug."""
+    if isinstance(exc, EXPECTED_ERRORS):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        both = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
+        return f"{both}: {exc.strerror or exc}"
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"unexpected {type(exc).__name__}: {first} (run with --debug for the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line: dyrank --debug check X, dyrank check X --debug
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
         return args.func(args)
-    except (ConfigError, UsageError, PipelineError, RayConnectError, TrackingError, FileNotFoundError, ValueError) as exc:
-        print(f"dyrank {args.command}: error: {redact(str(exc))}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - the CLI boundary: one line, exit 2, no traceback unless --debug
+        if debug:
+            raise
+        print(f"dyrank {args.command}: error: {redact(error_message(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -16,26 +16,37 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from evaluators.selection import SWEEP_METRICS
 from orchestrator.tracking_uri import parse_tracking_uri
 from trainers.config import JobConfig
-from trainers.config_base import (ConfigError, PositiveFloat, PositiveInt, Section, apply_overrides, error_lines,
-                                  read_config_file, validate_config)
+from trainers.config_base import (ConfigError, FieldError, PositiveFloat, Section, apply_overrides, bounded, error_lines,
+                                  plain_name, read_config_file, validate_config)
+
+from trainers.methods import method_names
 
 __all__ = ["BaselineJob", "Config", "ConfigError", "apply_overrides", "load_config", "parse_config"]
-from trainers.methods import method_names
 
 JOB_SECTIONS = tuple(JobConfig.model_fields)  # what a trainer or evaluator actor receives
 
 
 class SelectionConfig(Section):
     policy: Literal["best", "smallest-within"] = Field("best", description="best, or the smallest rank within tolerance of the best.")
-    metric: str = Field("eval_loss", description="Sweep metric to select on (validation split).")
+    metric: str = Field("eval_loss", description="Sweep metric to select on (validation split): "
+                        + ", ".join(SWEEP_METRICS) + ".")
     greater_is_better: bool = Field(False, description="Direction of the metric.")
     tolerance: float = Field(0.01, ge=0.0, description="smallest-within: relative slack from the best value.")
 
+    @field_validator("metric")
+    @classmethod
+    def _a_sweep_metric(cls, value: str) -> str:
+        # Checked here, not after the sweep: every rank's row has exactly these.
+        if value not in SWEEP_METRICS:
+            raise ValueError(f"not a metric the rank sweep records; use one of {', '.join(SWEEP_METRICS)}")
+        return value
+
 
 class BaselinesConfig(Section):
-    ranks: list[PositiveInt] = Field(default_factory=lambda: [8, 64], description="QLoRA baselines trained beside the QDyLoRA run.")
+    ranks: list[bounded(2**16)] = Field(default_factory=lambda: [8, 64], description="QLoRA baselines trained beside the QDyLoRA run.")
     methods: list[dict[str, Any]] = Field(
         default_factory=list,
         description="More baseline jobs, any method: each entry overrides keys of the adapter section, e.g. "
@@ -48,6 +59,24 @@ class BaselinesConfig(Section):
     def _unique(cls, value: list[int]) -> list[int]:
         if len(set(value)) != len(value):
             raise ValueError(f"baseline ranks repeat: {value}")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _entries_shaped(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each entry's shape here (its adapter keys are validated with the job it makes): a string method and
+        an optional plain-name `name`; anything else is named by its index, not left to fail as a TypeError."""
+        for index, entry in enumerate(value):
+            if "method" in entry and not isinstance(entry["method"], str):
+                raise FieldError((index, "method"), f"must be a method name ({', '.join(method_names())})",
+                                 entry["method"])
+            if "name" in entry:
+                if not isinstance(entry["name"], str):
+                    raise FieldError((index, "name"), "must be a plain name (a string)", entry["name"])
+                try:
+                    plain_name(entry["name"])
+                except ValueError as exc:
+                    raise FieldError((index, "name"), str(exc), entry["name"]) from None
         return value
 
 
@@ -86,11 +115,11 @@ class ResourcesConfig(Section):
     gpu_memory_gb: PositiveFloat | None = Field(
         None, description="Memory of one GPU, in GiB; dyrank plan and dyrank run refuse actors whose estimated peak "
         "exceeds their share. Default: read from gpu_memory_resource (gpu_32gb -> 32), else unchecked.")
-    num_evaluators: PositiveInt | None = Field(None, description="Evaluator pool size; default: what resources allow.")
+    num_evaluators: bounded(4096) | None = Field(None, description="Evaluator pool size; default: what resources allow.")
     ray_address: str | None = Field(
         None, description="Ray cluster to join (RAY_ADDRESS wins); default: start a private local Ray on 127.0.0.1."
     )
-    max_restarts: int = Field(2, ge=0, description="Times a dead actor is restarted; its unfinished work is retried.")
+    max_restarts: bounded(100, low=0) = Field(2, description="Times a dead actor is restarted; its unfinished work is retried.")
 
     def gpu_budget_gb(self) -> float | None:
         """GiB of one GPU as declared (gpu_memory_gb, else the number in a gpu_<N>gb resource name)."""

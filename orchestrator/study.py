@@ -169,7 +169,11 @@ class StudyDriver:
     # ---- trials ----------------------------------------------------------------------------------
     def _start_trial(self) -> None:
         trial = self.study.ask()
-        params = _suggest(trial, self.cfg)
+        try:  # from here on the trial is RUNNING in the storage: every way out must tell Optuna its end
+            params = _suggest(trial, self.cfg)
+        except Exception as exc:  # noqa: BLE001 - e.g. a space Optuna cannot sample
+            self._fail(trial, f"parameters could not be suggested: {type(exc).__name__}: {exc}")
+            return
         try:
             cfg = self.cfg.trial_config(params)
             cfg.name = f"{self.cfg.name}-trial-{trial.number}"

@@ -18,7 +18,33 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from orchestrator.config import Config, apply_overrides, load_config
-from trainers.config_base import ConfigError, PositiveInt, Section, format_validation_errors
+from orchestrator.tracking_uri import parse_tracking_uri
+from trainers.config_base import (ConfigError, PlainName, Section, Seed, bounded, format_validation_errors,
+                                  read_yaml_file)
+
+STORAGE_FORMS = "sqlite:///PATH, postgresql[+DRIVER]://..., mysql[+DRIVER]://... or journal:PATH"
+
+
+def parse_storage_url(url: str) -> tuple[str, Path | None]:
+    """(scheme, local file) of an Optuna storage URL, parsed by scheme (the SQLAlchemy URL forms the tracking URIs
+    share, plus journal:PATH); a ValueError names the supported forms. A local file's folder must exist: opening
+    the storage would fail there only after the study had started."""
+    if url.startswith("journal:"):
+        path = url.removeprefix("journal:").strip()
+        if not path:
+            raise ValueError(f"storage {url!r}: journal:PATH needs a file path")
+        scheme, file = "journal", Path(path).expanduser()
+    else:
+        try:
+            parsed = parse_tracking_uri(url)
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.scheme not in ("sqlite", "postgresql", "mysql"):
+            raise ValueError(f"unsupported storage {url!r}; use {STORAGE_FORMS}")
+        scheme, file = parsed.scheme, Path(parsed.path[1:]) if parsed.scheme == "sqlite" else None
+    if file is not None and not file.resolve().parent.is_dir():
+        raise ValueError(f"storage {url!r}: folder {file.resolve().parent} does not exist")
+    return scheme, file
 
 # Parent-run metrics of a pipeline an objective may name (see Pipeline.summarize); `device_seconds` is
 # their sum over training, baselines and the rank sweep.
@@ -30,7 +56,7 @@ class ParamSpace(Section):
     type: Literal["int", "float", "categorical"] = Field(description="int / float (with log: true for a log scale) / categorical.")
     low: float | None = Field(None, description="int/float: smallest value.")
     high: float | None = Field(None, description="int/float: largest value.")
-    step: float | None = Field(None, description="int/float: grid step (not with log).")
+    step: float | None = Field(None, gt=0, description="int/float: grid step, > 0 (not with log).")
     log: bool = Field(False, description="int/float: sample on a log scale (learning rates).")
     choices: list[Any] | None = Field(None, description="categorical: the values; lists (target modules) are allowed.")
 
@@ -46,6 +72,8 @@ class ParamSpace(Section):
             raise ValueError(f"{self.type} needs low and high")
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) exceeds high ({self.high})")
+        if self.type == "int" and any(v is not None and v != int(v) for v in (self.low, self.high, self.step)):
+            raise ValueError("int takes whole-number low, high and step")
         if self.log and (self.step is not None or self.low <= 0):
             raise ValueError("log scale needs low > 0 and no step")
         if self.choices is not None:
@@ -66,24 +94,24 @@ class Objective(Section):
 
 class SamplerConfig(Section):
     type: Literal["tpe", "random", "nsgaii", "qmc"] = Field("tpe", description="Optuna sampler; TPE handles single and multi-objective.")
-    seed: int | None = Field(0, description="Sampler seed: the same study file proposes the same trials.")
-    n_startup_trials: PositiveInt = Field(10, description="tpe: random trials before the model takes over.")
+    seed: Seed | None = Field(0, description="Sampler seed (0..2**32-1): the same study file proposes the same trials.")
+    n_startup_trials: bounded(10**6) = Field(10, description="tpe: random trials before the model takes over.")
 
 
 class PrunerConfig(Section):
     type: Literal["median", "percentile", "hyperband", "threshold", "none"] | None = Field(
         None, description="Stops trials whose training loss lags (single-objective only: Optuna's pruners do "
         "not support multi-objective studies). Default: median for one objective, none for several.")
-    n_startup_trials: int = Field(2, ge=0, description="median/percentile: trials that finish before any is pruned.")
-    n_warmup_steps: int = Field(5, ge=0, description="Training steps of a trial before it may be pruned.")
+    n_startup_trials: bounded(10**6, low=0) = Field(2, description="median/percentile: trials that finish before any is pruned.")
+    n_warmup_steps: bounded(10**8, low=0) = Field(5, description="Training steps of a trial before it may be pruned.")
     percentile: float = Field(25.0, gt=0, lt=100, description="percentile: keep the best this-percent.")
     upper: float | None = Field(None, description="threshold: prune when the smoothed training loss exceeds this (divergence).")
-    smoothing_steps: PositiveInt = Field(5, description="The reported value is the mean training loss of the last N steps "
+    smoothing_steps: bounded(10**6) = Field(5, description="The reported value is the mean training loss of the last N steps "
                                          "(a QDyLoRA step's loss depends on its sampled rank).")
 
 
 class StudyConfig(Section):
-    name: str = Field(min_length=1, description="Optuna study name; running the same study again resumes it.")
+    name: PlainName = Field(description="Optuna study name (a plain name); running the same study again resumes it.")
     pipeline: Config = Field(description="The base pipeline config (a mapping, or a YAML path relative to the study file).")
     pipeline_set: list[str] = Field(default_factory=list, description="KEY=VALUE changes to the base pipeline, "
                                     "as --set pipeline.KEY=VALUE would make (e.g. fewer steps for every trial).")
@@ -92,21 +120,21 @@ class StudyConfig(Section):
     objectives: list[Objective] = Field(
         default_factory=lambda: [Objective(metric="best_eval_loss")], min_length=1,
         description="One (single-objective, prunable) or several (Pareto front) pipeline metrics.")
-    n_trials: PositiveInt = Field(20, description="Finished trials the study aims at; interrupted ones do not count.")
-    parallel: PositiveInt | None = Field(None, description="Trials at once; default: as many as the Ray cluster's CPUs fit.")
+    n_trials: bounded(10**6) = Field(20, description="Finished trials the study aims at; interrupted ones do not count.")
+    parallel: bounded(4096) | None = Field(None, description="Trials at once; default: as many as the Ray cluster's CPUs fit.")
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     storage: str | None = Field(None, description="Optuna storage: default sqlite:///<cwd>/optuna.db (this driver alone); "
                                 "an RDB server URL (postgresql://, mysql://) for several drivers, with heartbeats; "
                                 "or journal:PATH (Optuna's JournalStorage, one driver per study at a time).")
-    heartbeat_seconds: PositiveInt = Field(60, description="RDB storages: heartbeat interval; a trial silent for twice this "
+    heartbeat_seconds: bounded(86400) = Field(60, description="RDB storages: heartbeat interval; a trial silent for twice this "
                                            "is failed and its parameters re-enqueued by the next driver.")
 
     @field_validator("storage")
     @classmethod
     def _storage_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("sqlite:///", "postgresql", "mysql", "journal:")):
-            raise ValueError(f"unsupported storage {value!r}; use sqlite:///PATH, postgresql://..., mysql://... or journal:PATH")
+        if value is not None:
+            parse_storage_url(value)
         return value
 
     @model_validator(mode="after")
@@ -176,12 +204,7 @@ def _check_space(cfg: StudyConfig, source: str) -> None:
 
 def load_study_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read study file {path}: {exc}") from None
+    raw = read_yaml_file(path, "study file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping (name, pipeline, search_space, ...)")
     if isinstance(raw.get("pipeline"), str):

@@ -10,7 +10,6 @@ Re-enqueueing is Optuna's RetryHeartbeatStaleTrialCallback: the new trial carrie
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -19,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from orchestrator.errors import UsageError
 from orchestrator.redact import redact
+from orchestrator.study_config import parse_storage_url
 
 FAILURE_ATTR = "dyrank.failure"  # set on trials that failed inside their pipeline (they count as done)
 RUN_ATTR = "mlflow_run_id"  # the trial's pipeline run
@@ -26,16 +26,13 @@ RUN_ATTR = "mlflow_run_id"  # the trial's pipeline run
 
 def open_storage(url: str, heartbeat_seconds: int, on_orphan) -> tuple[optuna.storages.BaseStorage, bool]:
     """(storage, single_driver). on_orphan(study, trial) is called for each trial failed as stale."""
-    if url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:")).expanduser().resolve()
-        if not path.parent.is_dir():
-            raise UsageError(f"storage {url}: folder {path.parent} does not exist")
-        return JournalStorage(JournalFileBackend(str(path))), True
-    single_driver = url.startswith("sqlite:///")
-    if single_driver:
-        folder = Path(url.removeprefix("sqlite:///")).parent
-        if not folder.is_dir():
-            raise UsageError(f"storage {url}: folder {folder} does not exist")
+    try:
+        scheme, file = parse_storage_url(url)  # the same parse the study schema made
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if scheme == "journal":
+        return JournalStorage(JournalFileBackend(str(file.resolve()))), True
+    single_driver = scheme == "sqlite"
     heartbeat = {} if single_driver else {"heartbeat_interval": heartbeat_seconds, "grace_period": 2 * heartbeat_seconds,
                                           "heartbeat_stale_trial_callback": on_orphan}
     try:

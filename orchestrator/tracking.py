@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import socket
+import re
 import time
 import urllib.error
 import urllib.request
@@ -83,6 +84,9 @@ class Tracker(Protocol):
     def metric_history(self, run_id: str, key: str) -> list: ...
 
 
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run id
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail in seconds, naming the store (password masked), where MLflow would retry for minutes."""
     try:
@@ -124,9 +128,14 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def open_run(run_id: str, tracking_uri: str | None = None) -> tuple[MlflowTracker, object]:
-    """A run by id from the resolved store, or a TrackingError naming both."""
+    """A run by id from the resolved store, or a TrackingError naming both. A sqlite store that does not exist
+    holds no run: it is not opened, since opening would create an empty ./mlflow.db."""
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise TrackingError(f"no run {run_id}: there is no MLflow store at {db} (pass --tracking-uri or set "
+                            "MLFLOW_TRACKING_URI)")
     tracker = MlflowTracker(uri)
     try:
         return tracker, tracker.run(run_id)

@@ -41,6 +41,8 @@ def parse_tracking_uri(uri: str) -> TrackingUri:
         raise refused
     if scheme in ("http", "https") and not parts.netloc or scheme == "file" and not parts.path:
         raise refused
+    if scheme in DRIVER_SCHEMES and not (parts.netloc or parts.path.strip("/")):  # neither a host nor a database
+        raise refused
     return TrackingUri(scheme, driver or None, parts.netloc, parts.path, parts.query)
 
 

@@ -14,21 +14,31 @@ import torch
 IGNORE_INDEX = -100  # transformers' loss skips these labels
 
 
-def prompt_and_completion(record: dict, tokenizer) -> tuple[str, str]:
+# A token never spans more characters than this in practice (BPE merges top out far below); cutting each text to
+# max_seq_len * CHARS_PER_TOKEN_BOUND characters before tokenizing keeps the first max_seq_len tokens the same while
+# a 2 MB record costs what a max_seq_len one does.
+CHARS_PER_TOKEN_BOUND = 32
+
+
+def prompt_and_completion(record: dict, tokenizer, max_chars: int | None = None) -> tuple[str, str]:
+    """The prompt (through the chat template where there is one) and the completion; with `max_chars`, every
+    message is cut to that many characters first (only the first max_seq_len tokens are ever kept)."""
+    cut = (lambda text: text[:max_chars]) if max_chars else (lambda text: text)
     messages = record.get("messages") or [{"role": "user", "content": record["prompt"]},
                                           {"role": "assistant", "content": record["completion"]}]
+    messages = [{**m, "content": cut(m["content"])} for m in messages]
     *context, answer = messages
     if tokenizer.chat_template:
         prompt = tokenizer.apply_chat_template(context, tokenize=False, add_generation_prompt=True)
     else:
         prompt = "\n".join(m["content"] for m in context) + "\n"
-    return prompt, answer["content"]
+    return cut(prompt), answer["content"]
 
 
 def encode(record: dict, tokenizer, max_seq_len: int) -> dict[str, list[int]]:
     """Token ids of prompt + completion + eos; labels mask the prompt so only the completion is learned."""
-    prompt, completion = prompt_and_completion(record, tokenizer)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    prompt, completion = prompt_and_completion(record, tokenizer, max_seq_len * CHARS_PER_TOKEN_BOUND)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][:max_seq_len]
     answer_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     input_ids = (prompt_ids + answer_ids)[:max_seq_len]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_seq_len]

@@ -166,8 +166,18 @@ def latest_valid_checkpoint(folder: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, sampler) -> int:
-    """Restore everything saved by `save_checkpoint`; returns the step it was taken at."""
-    path = Path(path)
+    """Restore everything saved by `save_checkpoint`; returns the step it was taken at. A damaged checkpoint
+    (truncated file, edited JSON) is a ValueError naming the folder, not a traceback from the reader."""
+    from safetensors import SafetensorError
+
+    try:
+        return _load_checkpoint(Path(path), model, optimizer, scheduler, sampler)
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ValueError(f"{path}: damaged checkpoint ({type(exc).__name__}: {str(exc)[:200]}); move it aside to "
+                         "resume from the one before") from None
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler, sampler) -> int:
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in load_file(path / "trainable.safetensors").items():

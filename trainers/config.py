@@ -8,19 +8,23 @@ Every field documents itself (`Field(description=...)`); methods add their own o
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainers.config_base import (ConfigError, FieldError, PositiveFloat, PositiveInt, Section, error_lines,
-                                  existing_path, format_validation_errors, read_config_file,
+from trainers.config_base import (ConfigError, FieldError, PlainName, PositiveFloat, PositiveInt, Section, Seed,
+                                  bounded, error_lines, existing_path, format_validation_errors, read_config_file,
                                   validate_config)
 from trainers.datasets import BUILDABLE_DATASETS
 from trainers.datasets.splits import PACKAGED_DATASETS
 from trainers.methods import all_specs, get_spec
-from trainers.presets import PRESETS
 from trainers.model_registry import REGISTERED_MODELS
+from trainers.model_sources import check_local_source, max_useful_rank
+from trainers.presets import PRESETS
+
+Rank = bounded(2**16)  # no layer of any model dyrank loads is wider; the model's own limit is checked below
 
 __all__ = ["AdapterConfig", "ConfigError", "DataConfig", "EvaluationConfig", "JobConfig", "ModelConfig",
            "QuantizationConfig", "TrainingConfig", "format_validation_errors", "load_job_config", "parse_job_config"]
@@ -40,7 +44,9 @@ class ModelConfig(Section):
     def _source_exists(cls, value: str) -> str:
         if value in PRESETS or value in REGISTERED_MODELS:
             return value
-        return existing_path(value, "model path")
+        path = existing_path(value, "model path")
+        check_local_source(Path(path))  # a file that is not GGUF, a folder without config.json
+        return path
 
 
 class QuantizationConfig(Section):
@@ -65,12 +71,12 @@ class AdapterConfig(Section):
     method: str = Field(
         "qdylora", description="; ".join(f"{spec.name}: {spec.summary}" for spec in all_specs()) + "."
     )
-    r_max: PositiveInt = Field(64, description="qdylora/dylora: the adapter's full rank; every rank up to it is usable.")
-    r_min: PositiveInt = Field(1, description="qdylora/dylora: the smallest rank sampled during training.")
-    rank: PositiveInt = Field(8, description="qlora/lora/bitlora: the fixed rank; adalora: the average rank the budget is pruned to.")
+    r_max: Rank = Field(64, description="qdylora/dylora: the adapter's full rank; every rank up to it is usable.")
+    r_min: Rank = Field(1, description="qdylora/dylora: the smallest rank sampled during training.")
+    rank: Rank = Field(8, description="qlora/lora/bitlora: the fixed rank; adalora: the average rank the budget is pruned to.")
     alpha: PositiveFloat = Field(16.0, description="LoRA alpha; the update is scaled by alpha / rank (alpha / b when truncated to b).")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the adapter input (QLoRA: 0.1 up to 13B, 0.05 above).")
-    target_modules: list[str] | Literal["all-linear"] = Field(
+    target_modules: Annotated[list[Annotated[str, Field(min_length=1, pattern=r"\S")]], Field(min_length=1)] | Literal["all-linear"] = Field(
         "all-linear", description="Modules to adapt; all-linear = every linear layer of the blocks, never lm_head."
     )
     update_mode: Literal["cumulative", "frozen"] = Field(
@@ -127,7 +133,7 @@ class DataConfig(Section):
     test_file: str | None = Field(None, description="JSONL scored only for the selected rank and the baselines.")
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of train_file split off (by record hash) when no validation_file.")
     test_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of train_file split off as test (by record hash) when no test_file.")
-    max_seq_len: PositiveInt = Field(256, description="Tokens per example; longer ones are cut from the right.")
+    max_seq_len: bounded(2**20) = Field(256, description="Tokens per example; longer ones are cut from the right.")
     packing: bool = Field(False, description="Concatenate examples into max_seq_len blocks (faster, cross-example attention).")
 
     _check_files = field_validator("train_file", "validation_file", "test_file")(
@@ -152,9 +158,9 @@ class DataConfig(Section):
 
 
 class TrainingConfig(Section):
-    max_steps: PositiveInt = Field(100, description="Optimizer steps.")
-    batch_size: PositiveInt = Field(4, description="Examples per micro-batch.")
-    grad_accum_steps: PositiveInt = Field(1, description="Micro-batches per optimizer step (one sampled rank for all of them).")
+    max_steps: bounded(10**8) = Field(100, description="Optimizer steps.")
+    batch_size: bounded(2**16) = Field(4, description="Examples per micro-batch.")
+    grad_accum_steps: bounded(2**16) = Field(1, description="Micro-batches per optimizer step (one sampled rank for all of them).")
     lr: PositiveFloat = Field(2e-4, description="Peak learning rate (QLoRA: 2e-4 up to 13B, 1e-4 above).")
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field("constant", description="After warmup; QLoRA uses constant.")
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Share of max_steps spent warming up.")
@@ -164,17 +170,17 @@ class TrainingConfig(Section):
         "paged_adamw_32bit", description="bitsandbytes paged AdamW pages states to CPU under GPU memory pressure; non-paged on CPU."
     )
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward: less memory, ~30% more time.")
-    seed: int = Field(0, description="Seeds weights init, data order, dropout and the rank sampler.")
+    seed: Seed = Field(0, description="Seeds weights init, data order, dropout and the rank sampler (0..2**32-1).")
     log_every: PositiveInt = Field(1, description="Steps between progress-bar/metric updates.")
     checkpoint_every: PositiveInt = Field(50, description="Steps between resumable checkpoints.")
-    keep_checkpoints: PositiveInt = Field(2, description="Newest checkpoints kept on disk.")
+    keep_checkpoints: bounded(1000) = Field(2, description="Newest checkpoints kept on disk.")
 
 
 class EvaluationConfig(Section):
-    ranks: Annotated[list[PositiveInt], Field(min_length=1)] | Literal["all"] = Field("all", description="Ranks to evaluate: all = r_min..r_max, or a list.")
-    batch_size: PositiveInt = Field(8, description="Examples per evaluation batch.")
+    ranks: Annotated[list[Rank], Field(min_length=1)] | Literal["all"] = Field("all", description="Ranks to evaluate: all = r_min..r_max, or a list.")
+    batch_size: bounded(2**16) = Field(8, description="Examples per evaluation batch.")
     max_samples: PositiveInt | None = Field(None, description="Cap on evaluated examples per split (None: all).")
-    bootstrap_samples: PositiveInt = Field(1000, description="Resamples for the 95% intervals on test scores.")
+    bootstrap_samples: bounded(10**6) = Field(1000, description="Resamples for the 95% intervals on test scores.")
     dequantize_base: bool = Field(
         True, description="Evaluators dequantize the frozen NF4 base once to the compute dtype: the same weights, "
         "no per-matmul dequantization (faster), at 16-bit weight memory. Off where that memory is not there.",
@@ -184,7 +190,8 @@ class EvaluationConfig(Section):
 class JobConfig(Section):
     """Everything one training (and its scoring) reads."""
 
-    name: str = Field("dyrank", min_length=1, description="Run name; also the MLflow experiment unless tracking.experiment.")
+    name: PlainName = Field("dyrank", description="Run name (a plain name: it names runs/NAME folders); also the MLflow "
+                            "experiment unless tracking.experiment.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
@@ -198,6 +205,21 @@ class JobConfig(Section):
             too_big = [r for r in self.evaluation.ranks if r > self.adapter.full_rank]
             if too_big:
                 raise ValueError(f"evaluation.ranks {too_big} exceed the adapter's rank {self.adapter.full_rank}")
+        return self
+
+    @model_validator(mode="after")
+    def _ranks_fit_the_model(self) -> "JobConfig":
+        """A rank above what every targeted layer can use (min(in, out)) only wastes memory; the limit comes from
+        the model's config alone (presets, local folders), unknown sources are checked when loaded."""
+        a = self.adapter
+        try:
+            known = max_useful_rank(self.model.source, a.target_modules)
+        except ValueError as exc:
+            raise FieldError(("adapter", "target_modules"), str(exc), a.target_modules) from None
+        if known is not None and a.spec.saves_adapter and a.full_rank > known[0]:  # not GaLore's projection rank
+            field = "r_max" if a.dynamic else "rank"
+            raise FieldError(("adapter", field), f"rank {a.full_rank} exceeds {known[0]}, the most any targeted "
+                             f"layer of {self.model.source} can use ({', '.join(known[1])})", a.full_rank)
         return self
 
     @model_validator(mode="after")

@@ -5,14 +5,41 @@ Import-light (pydantic and the standard library): method folders define their op
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-PositiveInt = Annotated[int, Field(gt=0, strict=True)]
+from trainers.safe_yaml import YamlError, YamlSyntaxError, load_yaml
+
+# Every count is bounded: an absurd size (10**12 steps, samples, restarts) is a typo, not a plan.
+MAX_COUNT = 2**31 - 1
+PositiveInt = Annotated[int, Field(gt=0, le=MAX_COUNT, strict=True)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, strict=True,
+                            description="0..2**32-1, the range every seeded generator (numpy, torch, Optuna) accepts.")]
+
+
+def bounded(high: int, low: int = 1) -> Any:
+    """An int in low..high (a count with a sane ceiling: the message says the ceiling)."""
+    floor = {"gt": 0} if low == 1 else {"ge": low}  # "greater than 0" reads better than ">= 1"
+    return Annotated[int, Field(le=high, strict=True, **floor)]
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def plain_name(value: str) -> str:
+    if not _PLAIN_NAME.fullmatch(value) or ".." in value:
+        raise ValueError("must be a plain name (letters, digits, '.', '_', '-'; starting with a letter or digit; "
+                         "at most 128 characters): it names folders, runs and studies")
+    return value
+
+
+PlainName = Annotated[str, AfterValidator(plain_name)]
 
 
 class ConfigError(ValueError):
@@ -38,6 +65,9 @@ class Section(BaseModel):
         field = cls.model_fields.get(info.field_name)
         if isinstance(value, bool) and field is not None and field.annotation is not bool:
             raise ValueError("expected a value of this field's type, not true/false")
+        # .inf / .nan anywhere a number is accepted: no setting means "infinitely many" or "undefined".
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number")
         return value
 
 
@@ -99,8 +129,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set training.lr=1e-4")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
+            value = load_yaml(text)
+        except YamlError as exc:
             raise ConfigError(f"--set {key}: value is not valid YAML: {exc}") from None
         node = raw
         parts = key.strip().split(".")
@@ -117,23 +147,34 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def read_config_file(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """A config file's YAML with `--set` overrides applied, or a ConfigError naming the file."""
+    return read_yaml_file(path, "config file", overrides)
+
+
+def read_yaml_file(path: str | Path, what: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """`what` (config file, study file) as YAML through the safe loader, `--set` overrides applied; any problem
+    is a ConfigError naming the file. A FIFO or a device is refused before it is opened (reading would block)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} is a folder, not a file: {path}")
+    if not path.is_file():
+        raise ConfigError(f"{what} not found (or not a regular file): {path}")
     try:
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file is not UTF-8 text: {path} ({exc.reason} at byte {exc.start})") from None
+        raise ConfigError(f"{what} is not UTF-8 text: {path} ({exc.reason} at byte {exc.start})") from None
+    except ValueError as exc:  # e.g. an embedded NUL in the name
+        raise ConfigError(f"cannot read {what} {path!r}: {exc}") from None
     if not text.strip():
-        raise ConfigError(f"config file is empty: {path}")
+        raise ConfigError(f"{what} is empty: {path}")
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"YAML syntax error in {path}: {exc}") from None
+        raw = load_yaml(text)
+    except YamlError as exc:
+        kind = "YAML syntax error" if isinstance(exc, YamlSyntaxError) else "refused YAML"
+        raise ConfigError(f"{kind} in {path}: {exc}") from None
     if raw is None:
-        raise ConfigError(f"config file holds no settings: {path}")
+        raise ConfigError(f"{what} holds no settings: {path}")
     if isinstance(raw, dict):
         raw = apply_overrides(raw, list(overrides))
     return raw

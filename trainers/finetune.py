@@ -167,10 +167,14 @@ def finished_result(out_dir: str | Path) -> TrainResult | None:
     summary_path = out_dir / SUMMARY_FILE
     if not summary_path.exists():
         return None
-    summary = json.loads(summary_path.read_text())
-    costs = TrainingCosts.from_dict(summary)
-    return TrainResult(out_dir, out_dir / summary.get("saved_dir", ADAPTER_DIR), summary["steps"], summary["final_loss"],
-                       summary["device_seconds"], summary["resumed_from"], costs)
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        costs = TrainingCosts.from_dict(summary)
+        return TrainResult(out_dir, out_dir / summary.get("saved_dir", ADAPTER_DIR), summary["steps"],
+                           summary["final_loss"], summary["device_seconds"], summary["resumed_from"], costs)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # truncated or edited by hand
+        raise ValueError(f"{summary_path}: not a dyrank training summary ({type(exc).__name__}: {exc}); "
+                         "move it aside to train again") from None
 
 
 def train(cfg: JobConfig, out_dir: str | Path, on_step=None, progress: bool = True) -> TrainResult:

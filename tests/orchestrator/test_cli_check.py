@@ -213,7 +213,9 @@ def test_set_overrides_are_typed_in_the_printed_config(capsys):
 
 def test_relative_train_file_is_printed_absolute(tmp_path, monkeypatch, capsys):
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "train.jsonl").write_text('{"prompt": "2+2=", "completion": "4"}\n')
+    # enough records that the validation and test splits are not empty (check loads the data)
+    (tmp_path / "data" / "train.jsonl").write_text("".join(f'{{"prompt": "{i}+{i}=", "completion": "{2 * i}"}}\n'
+                                                           for i in range(40)))
     config = _config(tmp_path, {"data.dataset": DROP, "data.train_file": "data/train.jsonl"})
     monkeypatch.chdir(tmp_path)
     assert main(["check", "config.yaml"]) == 0

@@ -155,6 +155,7 @@ def test_relative_data_paths_are_stored_absolute(tmp_path, monkeypatch):
 
 def test_local_model_folder_is_stored_absolute(tmp_path, monkeypatch):
     (tmp_path / "my-model").mkdir()
+    (tmp_path / "my-model" / "config.json").write_text("{}")  # a folder without one is refused
     monkeypatch.chdir(tmp_path)
     cfg = parse_config(_raw(model={"source": "my-model"}))
     assert cfg.model.source == str((tmp_path / "my-model").resolve())

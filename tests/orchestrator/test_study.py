@@ -83,6 +83,28 @@ def test_orphaned_trial_is_failed_and_its_params_reenqueued_once(tmp_path, kind)
     assert study.ask().params == {"x": orphan_x}
 
 
+def test_a_trial_whose_parameters_cannot_be_suggested_is_failed_not_left_running(tmp_path, monkeypatch):
+    import orchestrator.study as study_module
+    from orchestrator.study_config import load_study_config
+    from orchestrator.study_storage import FAILURE_ATTR
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    cfg = load_study_config(_study_file(tmp_path, storage=f"sqlite:///{tmp_path}/optuna.db"))
+
+    def cannot_suggest(trial, cfg):
+        raise ValueError("the distribution is empty")
+
+    monkeypatch.setattr(study_module, "_suggest", cannot_suggest)
+    driver = study_module.StudyDriver(cfg)
+    try:
+        driver._start_trial()
+    finally:
+        driver.tracker.close()
+    (trial,) = driver.study.get_trials()
+    assert trial.state == TrialState.FAIL and "could not be suggested" in trial.user_attrs[FAILURE_ATTR]
+    assert not driver.running
+
+
 # ---- the tiny study, end to end (tests/study_fixture.py) ---------------------------------------------
 
 

@@ -27,7 +27,7 @@ from trainers.datasets import countries, wordnet
 from trainers.atomic import write_atomic
 from trainers.datasets.common import SPLITS, sha256_bytes, to_jsonl
 from trainers.datasets.sources import SOURCES, fetch_source
-from trainers.paths import cache_dir, sha256_file
+from trainers.paths import cache_dir, dyrank_home, sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -140,3 +140,15 @@ def split_files(name: str, **options) -> dict[str, Path]:
     out = build(name, progress=lambda _msg: None, **options)
     files = read_manifest(out)["files"]
     return {split: out / files[split] for split in SPLITS}
+
+
+def built_split_files(name: str) -> dict[str, Path]:
+    """{split: JSONL path} of a data set already built into the cache, building nothing: a ValueError says how."""
+    out = dyrank_home(create=False) / "data" / get_dataset(name).name  # data_dir(name), without creating it
+    manifest = read_manifest(out) if out.is_dir() else None
+    if not manifest:
+        raise ValueError(f"data set {name} is not built; run: dyrank data build {name}")
+    try:
+        return {split: out / manifest["files"][split] for split in SPLITS}
+    except (KeyError, TypeError):
+        raise ValueError(f"{out / MANIFEST}: not a complete manifest; rebuild: dyrank data build {name} --force") from None

@@ -11,28 +11,65 @@ import hashlib
 import json
 from pathlib import Path
 
-from trainers.datasets import BUILDABLE_DATASETS, split_files
+from trainers.datasets import BUILDABLE_DATASETS, built_split_files, split_files
 
 # Packaged with dyrank (a small fixture file); `dyrank data build` makes the BUILDABLE_DATASETS.
 PACKAGED_DATASETS = {"tiny-qa": Path(__file__).resolve().parent.parent / "fixtures" / "tiny_qa.jsonl"}
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSONL file; a ValueError names the file and line of the first bad one."""
     path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, raw in enumerate(data.splitlines(), start=1):
+        where = f"{path}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not (("prompt" in record and "completion" in record) or "messages" in record):
-            raise ValueError(f"{path}:{number}: a record needs prompt and completion, or messages")
+            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise ValueError(f"{where}: JSON nested too deeply") from None
+        problem = record_problem(record)
+        if problem:
+            raise ValueError(f"{where}: {problem}")
         records.append(record)
     if not records:
         raise ValueError(f"{path}: no records")
     return records
+
+
+def record_problem(record) -> str | None:
+    """What is wrong with one record, or None: {"prompt": str, "completion": str}, or {"messages": [...]} with
+    at least one message, each {"role": str, "content": str} (the last one is the completion)."""
+    if not isinstance(record, dict):
+        return f"a record must be a JSON object, got {type(record).__name__}"
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not messages:
+            return "messages must be a non-empty list"
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict):
+                return f"messages[{index}] must be an object with role and content"
+            for key in ("role", "content"):
+                if not isinstance(message.get(key), str):
+                    return f"messages[{index}].{key} must be a string, got {message.get(key)!r}"[:200]
+        return None
+    if "prompt" not in record or "completion" not in record:
+        return "a record needs prompt and completion, or messages"
+    for key in ("prompt", "completion"):
+        if not isinstance(record[key], str):
+            return f"{key} must be a string, got {type(record[key]).__name__}"
+    return None
 
 
 def split_fingerprint(records: list[dict]) -> dict:
@@ -63,13 +100,16 @@ def split_by_hash(records: list[dict], fractions: dict[str, float]) -> dict[str,
     return splits
 
 
-def load_splits(data) -> dict[str, list[dict]]:
-    """`data` is the config's data section; returns train / validation / test records. A built data set
-    (`dyrank data build`) brings its own splits; otherwise held-out splits without a file of their own
-    are cut from the training file by record hash."""
+def load_splits(data, build: bool = True) -> dict[str, list[dict]]:
+    """`data` is the config's data section; returns train / validation / test records, each split non-empty.
+    A built data set (`dyrank data build`) brings its own splits (with `build` false, one not built yet is an
+    error saying how to build it); otherwise held-out splits without a file of their own are cut from the
+    training file by record hash."""
     if data.dataset in BUILDABLE_DATASETS:
-        return {name: read_jsonl(path) for name, path in split_files(data.dataset).items()}
-    records = read_jsonl(PACKAGED_DATASETS[data.dataset] if data.dataset else data.train_file)
+        files = split_files(data.dataset) if build else built_split_files(data.dataset)
+        return _non_empty({name: read_jsonl(path) for name, path in files.items()}, files)
+    train_file = PACKAGED_DATASETS[data.dataset] if data.dataset else data.train_file
+    records = read_jsonl(train_file)
     cut = {}
     if not data.validation_file:
         cut["validation"] = data.validation_fraction
@@ -80,4 +120,15 @@ def load_splits(data) -> dict[str, list[dict]]:
         splits["validation"] = read_jsonl(data.validation_file)
     if data.test_file:
         splits["test"] = read_jsonl(data.test_file)
+    return _non_empty(splits, {"train": train_file, "validation": data.validation_file or train_file,
+                               "test": data.test_file or train_file})
+
+
+def _non_empty(splits: dict[str, list[dict]], files: dict) -> dict[str, list[dict]]:
+    for name in ("train", "validation", "test"):
+        if not splits.get(name):
+            raise ValueError(f"{files[name]}: no records left for the {name} split; add records, or set "
+                             f"data.{name}_fraction / data.{name}_file" if name != "train" else
+                             f"{files[name]}: no records left for training after the held-out splits; add records "
+                             "or lower data.validation_fraction / data.test_fraction")
     return splits
