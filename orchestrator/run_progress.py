@@ -38,6 +38,15 @@ def _eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60:02d}:{seconds % 60:02d}"
 
 
+def _freeze(bar) -> None:
+    """A finished bar keeps its own elapsed time and rate; redrawn later (as the others move, or at close) it
+    would otherwise count the time spent waiting for the rest of the pipeline."""
+    if bar.disable:  # no bar drawn (quiet, or not a terminal)
+        return
+    now = bar._time()
+    bar._time = lambda: now
+
+
 class RunProgress:
     """The driver side. `sink(job, total)` is called by the pipeline once Ray is up (the board is an actor);
     `on_event` gets the pipeline's events; `close()` drains what is left and stops the thread."""
@@ -102,13 +111,20 @@ class RunProgress:
     def _step(self, job: str, row: dict) -> None:
         state = self.jobs[job]
         now, step, total = time.time(), row["step"], state["total"]
+        bar = state["bar"]
         if state["first"] is None:
             state["first"] = (now - row.get("step_seconds", 0.0), step - 1)
+            # The bar's clock starts at the first step, not at launch: actor start-up and model loading would
+            # otherwise read as a minute per step. A resumed job starts from its checkpoint's step.
+            bar.reset(total)
+            bar.initial = bar.n = bar.last_print_n = step - 1
+            bar.start_t = bar.last_print_t = state["first"][0]
         t0, s0 = state["first"]
         eta = (now - t0) / max(step - s0, 1) * (total - step)
-        bar = state["bar"]
         bar.update(step - bar.n)
         bar.set_postfix_str(f"loss {row['train_loss']:.4f}, rank {row['rank']}", refresh=True)
+        if step == total:
+            _freeze(bar)
         if (self.log or self.plain) and (step - state["logged"] >= max(1, total // LOG_EVERY_FRACTION) or step == total):
             state["logged"] = step
             self._progress_line(f"train {job}: step {step}/{total}, loss {row['train_loss']:.4f}, rank {row['rank']}, "
@@ -127,6 +143,8 @@ class RunProgress:
             self.ranks_done += 1
             if self.sweep_bar is not None:
                 self.sweep_bar.update(1)
+                if self.sweep_bar.n == self.num_ranks:
+                    _freeze(self.sweep_bar)
             self._progress_line(f"sweep: {self.ranks_done}/{self.num_ranks or '?'} ranks scored")
 
     def close(self) -> None:

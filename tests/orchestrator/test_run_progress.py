@@ -4,6 +4,7 @@ counts ranks; --quiet silences the screen, --log-file keeps it; bars only on a t
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 import ray
@@ -59,3 +60,22 @@ def test_tee_sink_travels_to_actors_and_any_sink_stops():
 
     tee = cloudpickle.loads(cloudpickle.dumps(TeeSink(None, Stop(), lambda row: False)))  # as Ray ships it
     assert [tee({"step": s}) for s in (1, 2, 3)] == [False, False, True]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_bars_on_a_terminal_keep_their_own_time_once_finished(local_ray, tmp_path):
+    err, out = _Terminal(), io.StringIO()
+    progress = RunProgress(2, PIPELINE_EVENTS, stream=err, out=out, interval=0.05)
+    _drive(progress)
+    screen = err.getvalue()
+    assert "train qdylora" in screen and "4/4" in screen and "loss 5.6000, rank 2" in screen
+    assert "sweep ranks" in screen and "2/2" in screen
+    assert "step 4/4" not in screen, "plain lines only where there are no bars"
+    finished = progress.jobs["qdylora"]["bar"]
+    elapsed = finished.format_dict["elapsed"]
+    time.sleep(0.3)
+    assert finished.format_dict["elapsed"] == elapsed, "a finished bar does not count the time after it"
