@@ -112,6 +112,24 @@ def test_sft_trainer_samples_one_rank_per_optimizer_step_and_exports(tmp_path):
     _check_ranks_and_export(model, callback, seen, trainer, tmp_path)
 
 
+def test_resumed_trainer_continues_the_same_rank_sequence(tmp_path):
+    base_path = resolve_base(tiny_job().model.source)
+    tokenizer = load_tokenizer(base_path)
+    data = _train_data(tokenizer)
+
+    def run(out, resume=None):
+        callback = DynamicRankCallback(r_min=1, seed=5)
+        args = dict(_args(out), max_steps=8, save_steps=4, logging_steps=4)
+        Trainer(model=_peft_model(base_path), args=TrainingArguments(**args), train_dataset=data,
+                data_collator=lambda rows: collate(rows, tokenizer.pad_token_id),
+                callbacks=[callback]).train(resume_from_checkpoint=resume)
+        return callback.ranks
+
+    straight = run(tmp_path / "straight")
+    resumed = run(tmp_path / "cut", str(tmp_path / "straight" / "checkpoint-4"))
+    assert len(straight) == 8 and resumed == straight[4:]
+
+
 def test_callback_refuses_a_model_without_lora():
     with pytest.raises(ValueError, match="no PEFT adapter"):
         DynamicRankCallback().on_train_begin(None, None, None, model=torch.nn.Linear(2, 2))

@@ -51,7 +51,8 @@ def save_dynamic_adapter(model, out_dir: str | Path, r_min: int = 1, adapter: st
 class DynamicRankCallback(TrainerCallback):
     """b ~ Uniform{r_min..r_max} once per optimizer step (RankSampler, seeded), applied with set_active_rank.
 
-    `ranks` holds every step's rank; each log row gets `active_rank` (the rank of the step just logged),
+    `ranks` holds the rank of every step this process trained (step k always gets the seed's k-th draw, resumed
+    or not); each log row gets `active_rank` (the rank of the step just logged),
     in the logs other callbacks see after this one and in `state.log_history`. Checkpoints written by the
     Trainer get `dyrank_adapter.json`, so `dyrank export CHECKPOINT --rank R` works on them directly.
     """
@@ -62,10 +63,13 @@ class DynamicRankCallback(TrainerCallback):
         self.ranks: list[int] = []
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        r_max = self.r_max or _lora_config(model, self.adapter).r
-        if self.sampler is None or (self.sampler.r_min, self.sampler.r_max) != (self.r_min, r_max):
-            self.sampler = RankSampler(self.r_min, r_max, self.seed)
-        self.r_max = r_max
+        self.r_max = self.r_max or _lora_config(model, self.adapter).r
+        self.sampler = RankSampler(self.r_min, self.r_max, self.seed)
+        # One draw per optimizer step, so step k always trains the k-th draw: a run resumed from a checkpoint
+        # (the Trainer restores state.global_step before this call) skips the draws of the steps already done
+        # and continues the same rank sequence as a run that was never interrupted.
+        for _ in range(state.global_step):
+            self.sampler.sample()
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         rank = self.sampler.sample()
