@@ -51,9 +51,11 @@ class RunProgress:
     """The driver side. `sink(job, total)` is called by the pipeline once Ray is up (the board is an actor);
     `on_event` gets the pipeline's events; `close()` drains what is left and stops the thread."""
 
-    def __init__(self, num_ranks: int | None, lines: dict[str, str], stream: TextIO = sys.stderr, out: TextIO = sys.stdout,
-                 log_file: Path | None = None, quiet: bool = False, interval: float = 0.5):
-        self.num_ranks, self.lines, self.stream, self.out = num_ranks, lines, stream, out
+    def __init__(self, num_ranks: int | None, lines: dict[str, str], stream: TextIO | None = None,
+                 out: TextIO | None = None, log_file: Path | None = None, quiet: bool = False, interval: float = 0.5):
+        # sys.stderr / sys.stdout as they are now (not at import: pytest's capture, or a caller, may replace them)
+        self.num_ranks, self.lines = num_ranks, lines
+        self.stream, self.out = stream or sys.stderr, out or sys.stdout
         self.quiet, self.interval = quiet, interval
         # Bars on a terminal; elsewhere (a CI log, a pipe) the same progress as plain lines, about 20 per job.
         self.bars = not quiet and getattr(stream, "isatty", lambda: False)()
