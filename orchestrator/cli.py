@@ -284,6 +284,8 @@ def cmd_harness(args) -> int:
     from trainers.methods.qdylora import exportable_ranks
 
     ranks = exportable_ranks(adapter)
+    if args.rank != ["all"] and not all(r.isdigit() for r in args.rank):
+        raise UsageError(f"--rank takes rank numbers or all, not {' '.join(args.rank)}")
     wanted = list(ranks) if args.rank == ["all"] else [int(r) for r in args.rank]
     outside = [r for r in wanted if r not in ranks]
     if outside:
