@@ -21,7 +21,7 @@ from trainers.datasets.splits import load_splits
 from trainers.methods.qdylora import DynamicRankCallback, RankTruncatedLinear, save_dynamic_adapter, set_active_rank
 from trainers.models import load_base_model, load_tokenizer, resolve_base
 
-R_MAX, STEPS, ACCUM = 4, 60, 2
+R_MAX, STEPS, ACCUM = 4, 40, 2
 
 
 def _peft_model(base_path):
