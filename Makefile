@@ -6,10 +6,11 @@ BIN := $(VENV)/bin
 .PHONY: install test demo demo-tiny clean
 
 # Idempotent: reinstalls only when pyproject.toml changes. torch is pinned exactly, so pip never pulls a second one.
+# The harness extra is part of the test install: CI fails, rather than skips, when it is missing.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,harness]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -56,6 +56,17 @@ def write_adapter_files(files: dict[str, bytes], folder: Path) -> Path:
     return folder
 
 
+def _harness_scores(job: JobConfig, session, rank: int) -> dict:
+    """lm-evaluation-harness metrics (harness_<task>_<metric>) at `rank` on the session's loaded base; {} when
+    the config names no harness task."""
+    h = job.evaluation.harness
+    if not h.tasks:
+        return {}
+    from evaluators.harness import session_scores
+
+    return session_scores(session, rank, h.tasks, h.limit, h.batch_size)
+
+
 class TrainingStopped(RuntimeError):
     """The driver asked a training to stop (an Optuna trial was pruned)."""
 
@@ -110,6 +121,7 @@ class Trainer(_Worker):
         for split in splits:
             test = split == "test"
             scores.update(session.score(split, rank=self.cfg.adapter.full_rank, generate=test, intervals=test))
+        scores.update(_harness_scores(self.cfg, session, self.cfg.adapter.full_rank))
         return scores
 
 
@@ -137,6 +149,9 @@ class RankEvaluator(_Worker):
         self._ensure_adapter(key, files_ref)
         started = time.time()
         scores = self.session.score(split, rank=rank, generate=generate, intervals=intervals)
+        # The harness runs once per rank it scores: on the sweep with every_rank, else on the selected rank's test call.
+        if split == ("validation" if self.cfg.evaluation.harness.every_rank else "test"):
+            scores.update(_harness_scores(self.cfg, self.session, rank))
         result = EvalResult(rank, scores, _placement(), started, time.time())
         _free_accelerator_memory()
         return result

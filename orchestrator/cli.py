@@ -16,10 +16,28 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C
 
 
+class _BareOverrides(argparse.Action):
+    """KEY=VALUE words after the config path (as LLaMA-Factory and torchtune take them), joined to --set's."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for value in values:
+            if "=" not in value:
+                parser.error(f"unexpected argument {value!r}: overrides are KEY=VALUE, e.g. training.lr=1e-4")
+        namespace.overrides = [*(getattr(namespace, "overrides", None) or []), *values]
+
+
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("config", nargs=None if required else "?", help="YAML config (see examples/)")
+    parser.add_argument("bare_overrides", nargs="*", action=_BareOverrides, metavar="KEY=VALUE",
+                        help="override a config field, e.g. training.lr=1e-4 (same as --set)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set training.lr=1e-4 (repeatable)")
+
+
+def _add_progress_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or per-rank lines; only the result table")
+    parser.add_argument("--log-file", type=Path, metavar="PATH",
+                        help="append progress as plain timestamped lines to PATH (steps, loss, ETA, ranks scored)")
 
 
 def _add_tracking_uri(parser: argparse.ArgumentParser, what: str = "") -> None:
@@ -135,7 +153,6 @@ def _event_printer(lines: dict[str, str]):
     return print_event
 
 
-_print_event = _event_printer(PIPELINE_EVENTS)
 _print_study_event = _event_printer(STUDY_EVENTS)
 
 
@@ -145,20 +162,27 @@ def _print_result(result) -> None:
     print(f"\nparent run: {result.parent_run_id}")
 
 
+def _run_progress(args, num_ranks: int | None):
+    """Live bars on stderr (training steps, loss, ETA; then ranks scored), unless --quiet; --log-file gets it as text."""
+    from orchestrator.run_progress import RunProgress
+
+    return RunProgress(num_ranks, PIPELINE_EVENTS, log_file=args.log_file, quiet=args.quiet)
+
+
 INTERRUPTED = object()
 
 
-def _interruptible(command: str, run):
+def _interruptible(command: str, run, on_event):
     """run(on_event), with Ctrl-C turned into one line naming the run (marked KILLED by the pipeline) and how
     to resume it, and INTERRUPTED returned (exit 130, no traceback)."""
     started: dict = {}
 
-    def on_event(kind: str, payload: dict) -> None:
+    def seen(kind: str, payload: dict) -> None:
         if kind == "started":
             started.update(payload)
-        _print_event(kind, payload)
+        on_event(kind, payload)
     try:
-        return run(on_event)
+        return run(seen)
     except KeyboardInterrupt:
         run_id = started.get("parent_run_id")
         where = (f"pipeline run {run_id} marked KILLED; continue with: dyrank resume {run_id}" if run_id
@@ -172,7 +196,12 @@ def cmd_run(args) -> int:
     from orchestrator.pipeline import run_pipeline
 
     cfg = load_config(args.config, args.overrides)
-    result = _interruptible("run", lambda on_event: run_pipeline(cfg, on_event=on_event, write_outputs=write_pipeline_outputs))
+    progress = _run_progress(args, len(cfg.eval_ranks()))
+    try:
+        result = _interruptible("run", lambda on_event: run_pipeline(
+            cfg, on_event=on_event, write_outputs=write_pipeline_outputs, progress=progress), progress.on_event)
+    finally:
+        progress.close()
     if result is INTERRUPTED:
         return EXIT_INTERRUPTED
     _print_result(result)
@@ -183,9 +212,13 @@ def cmd_resume(args) -> int:
     from dashboards.summary import write_pipeline_outputs
     from orchestrator.pipeline import resume_pipeline
 
-    result = _interruptible("resume", lambda on_event: resume_pipeline(
-        args.run_id, args.tracking_uri, on_event=on_event, write_outputs=write_pipeline_outputs,
-        allow_remote_code=args.allow_remote_code))
+    progress = _run_progress(args, None)  # the sweep's size is in the run's recorded config: the bar counts up
+    try:
+        result = _interruptible("resume", lambda on_event: resume_pipeline(
+            args.run_id, args.tracking_uri, on_event=on_event, write_outputs=write_pipeline_outputs,
+            allow_remote_code=args.allow_remote_code, progress=progress), progress.on_event)
+    finally:
+        progress.close()
     if result is INTERRUPTED:
         return EXIT_INTERRUPTED
     if result is None:
@@ -283,6 +316,58 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _harness_source(source: str, tracking_uri: str | None) -> tuple[Path, object]:
+    """(adapter folder, its JobConfig or None) from a train folder, an adapter folder or a pipeline run id."""
+    import tempfile
+
+    import yaml
+
+    from orchestrator.config import parse_config
+    from orchestrator.tracking import PARENT_TAG, open_run
+
+    path = Path(source)
+    if path.exists():
+        adapter = path / "adapter" if (path / "adapter").is_dir() else path
+        config = path / "config.yaml"
+        job = load_config(config).job() if config.is_file() else None
+    else:
+        adapter = _adapter_from_run(source, tracking_uri)
+        tracker, run = open_run(source, tracking_uri)
+        text = Path(tracker.download(run.data.tags.get(PARENT_TAG, source), "config.yaml", tempfile.mkdtemp())).read_text()
+        job = parse_config(yaml.safe_load(text), f"config.yaml of run {source}").job()
+    if not (adapter / "adapter_config.json").is_file():
+        raise UsageError(f"{source}: no adapter found (expected a dyrank train folder, an adapter folder or a run id)")
+    return adapter, job
+
+
+def cmd_harness(args) -> int:
+    from evaluators import harness
+
+    harness.require()
+    unknown = [t for t in args.tasks if t.startswith("dyrank_") and t not in harness.local_tasks()]
+    if unknown:
+        raise UsageError(f"--tasks: no shipped task {unknown[0]!r}; shipped: {', '.join(harness.local_tasks())}")
+    adapter, job = _harness_source(args.source, args.tracking_uri)
+    from trainers.methods.qdylora import exportable_ranks
+
+    ranks = exportable_ranks(adapter)
+    if args.rank != ["all"] and not all(r.isdigit() for r in args.rank):
+        raise UsageError(f"--rank takes rank numbers or all, not {' '.join(args.rank)}")
+    wanted = list(ranks) if args.rank == ["all"] else [int(r) for r in args.rank]
+    outside = [r for r in wanted if r not in ranks]
+    if outside:
+        raise UsageError(f"--rank {outside[0]}: {adapter} serves ranks {ranks.start}..{ranks.stop - 1}")
+    scores = harness.evaluate_adapter(adapter, wanted, args.tasks, job, args.limit, args.batch_size)
+    names = sorted({name for row in scores.values() for name in row})
+    print("rank  " + "  ".join(names))
+    for rank, row in scores.items():
+        print(f"{rank:>4}  " + "  ".join(f"{row.get(n, float('nan')):>{len(n)}.4f}" for n in names))
+    if args.out:
+        harness.write_scores(scores, Path(args.out))
+        print(f"scores written to {args.out}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from trainers import model_registry
 
@@ -335,9 +420,21 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_env(args) -> int:
+    from orchestrator.env_report import env_report, format_report
+
+    sections = env_report(args.tracking_uri, args.ray_address)
+    print(format_report(sections))
+    unreachable = [name for _, rows in sections for name, value in rows if value.startswith("UNREACHABLE")]
+    return 1 if unreachable else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from orchestrator.env_report import dyrank_version
+
     parser = argparse.ArgumentParser(prog="dyrank", description="QDyLoRA rank search: train once, evaluate every rank.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also accepted after the command)")
+    parser.add_argument("--version", action="version", version=f"dyrank {dyrank_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     for name, func, summary in (  # the commands that take a config and nothing else
@@ -349,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary)
         _add_config_args(p)
         p.set_defaults(func=func)
+        if name == "run":
+            _add_progress_args(p)
 
     p = sub.add_parser("train", help="one training run, locally (no Ray)")
     _add_config_args(p, required=False)
@@ -375,15 +474,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_uri(p)
     p.add_argument("--allow-remote-code", action="store_true",
                    help="accept model.trust_remote_code: true in the config read back from MLflow")
+    _add_progress_args(p)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("models", help="registered models: list them, or fetch one into the cache")
-    p.add_argument("action", choices=["list", "fetch"])
+    p.add_argument("action", choices=["list", "fetch"], help="list: registered models; fetch: download one into the cache")
     p.add_argument("model_id", nargs="?", help="e.g. smollm2-135m-instruct")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("data", help="build an offline data set into train/validation/test JSONL in the cache")
-    p.add_argument("action", choices=["build"])
+    p.add_argument("action", choices=["build"], help="build: write train/validation/test JSONL and a manifest")
     p.add_argument("name", help="countries or wordnet")
     _add_out(p, default_text="the cache", force=None)
     p.add_argument("--force", action="store_true", help="rebuild even if up to date; build into a non-empty --out")
@@ -399,10 +499,50 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a standard PEFT adapter for one rank")
     p.add_argument("source", help="a dyrank train folder, or an MLflow pipeline run id")
     _add_tracking_uri(p, ", when SOURCE is a run id")
-    p.add_argument("--rank", type=int, required=True)
+    p.add_argument("--rank", type=int, required=True, help="the rank to export (within the adapter's r_min..r_max)")
     _add_out(p, force="replace a non-empty --out folder (never the source itself)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("harness", help="score ranks of an adapter with lm-evaluation-harness, the base loaded once",
+                       description="Score one or several ranks of a trained adapter with lm-evaluation-harness "
+                       "(needs the extra dyrank[harness]). The base loads once; ranks switch in place. Shipped "
+                       "offline task: dyrank_countries; any harness task name works where its data can be reached.")
+    p.add_argument("source", metavar="RUN_OR_DIR", help="a dyrank train folder, an adapter folder, or a pipeline run id")
+    p.add_argument("--rank", nargs="+", required=True, metavar="R", help="ranks to score, e.g. --rank 2 8, or all")
+    p.add_argument("--tasks", nargs="+", required=True, metavar="TASK", help="harness task names, e.g. dyrank_countries")
+    p.add_argument("--limit", type=int, help="at most this many examples per task (default: all)")
+    p.add_argument("--batch-size", type=int, default=8, help="harness requests per forward batch (default 8)")
+    p.add_argument("--out", help="also write the scores as JSON to this file")
+    _add_tracking_uri(p, ", when RUN_OR_DIR is a run id")
+    p.set_defaults(func=cmd_harness)
+
+    p = sub.add_parser("env", help="versions, devices, and whether Ray and the tracking store can be reached",
+                       description="Print dyrank's and its libraries' versions, the compute devices, and probe the Ray "
+                       "cluster (if one is named) and the MLflow store; exits 1 when one cannot be reached.")
+    _add_tracking_uri(p)
+    p.add_argument("--ray-address", help="a Ray cluster to probe (default: RAY_ADDRESS; none: a private local Ray)")
+    p.set_defaults(func=cmd_env)
+    _describe_subcommands(sub)
     return parser
+
+
+def _describe_subcommands(sub) -> None:
+    """`dyrank CMD --help` opens with the command's one-line summary where it has no longer description."""
+    summaries = {action.dest: action.help for action in sub._choices_actions}
+    for name, parser in sub.choices.items():
+        parser.description = parser.description or summaries[name][0].upper() + summaries[name][1:] + "."
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """argparse, plus bare KEY=VALUE overrides that come after an option (`CONFIG --set a=1 b=2`), which
+    argparse alone would reject once the positionals were consumed."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in word and not word.startswith("-") for word in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 EXPECTED_ERRORS = (ConfigError, UsageError, PipelineError, RayConnectError, TrackingError, ValueError)
@@ -423,7 +563,7 @@ def error_message(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # anywhere on the line: dyrank --debug check X, dyrank check X --debug
-    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    args = parse_args([a for a in argv if a != "--debug"])
     try:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001 - the CLI boundary: one line, exit 2, no traceback unless --debug

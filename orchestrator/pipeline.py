@@ -39,6 +39,7 @@ from orchestrator.provenance import provenance_tags
 from orchestrator.redact import is_redacted, redact
 from orchestrator.resume_checks import check_resumed_config
 from orchestrator.ray_runtime import in_ray_job
+from orchestrator.run_progress import TeeSink
 from orchestrator.run_records import RunRecords
 from orchestrator.tracking import MlflowTracker, Tracker, check_reachable, open_run, resolve_tracking_uri
 from orchestrator.tracking_uri import is_durable_in_ray_job
@@ -71,9 +72,10 @@ OutputsWriter = Callable[[PipelineResult, Path], str]
 
 class Pipeline:
     def __init__(self, cfg: Config, tracker: Tracker, parent_id: str, on_event: Callable[[str, dict], None] | None = None,
-                 step_sink=None, write_outputs: OutputsWriter | None = None):
+                 step_sink=None, write_outputs: OutputsWriter | None = None, progress=None):
         self.cfg, self.tracker, self.parent_id, self.step_sink = cfg, tracker, parent_id, step_sink
         self.write_outputs = write_outputs
+        self.progress = progress  # orchestrator/run_progress.py RunProgress: every training job's steps, live
         self.on_event = on_event or (lambda kind, payload: None)
         self.workdir = cache_dir("pipelines", parent_id)
         self.job = cfg.job()
@@ -96,6 +98,9 @@ class Pipeline:
             actor = Trainer.options(name=f"Trainer-{self.parent_id[:12]}-{folder}", **options).remote(job, options["num_cpus"])
             self.actors.append(actor)
             evaluate_on, sink = (("validation", "test"), None) if key.kind == "baseline" else ((), self.step_sink)
+            if self.progress is not None:
+                label = key.id if key.kind == "baseline" else self.cfg.adapter.method  # qdylora, qlora-r2, ...
+                sink = TeeSink(sink, self.progress.sink(label, job.training.max_steps))
             jobs[key] = (actor, actor.train.remote(str(self.workdir / folder), evaluate_on, sink))
         return jobs
 
@@ -257,7 +262,7 @@ class Pipeline:
         test: EvalResult = self._on_live_evaluator(
             f"test scoring of rank {selected['rank']}",
             lambda a: a.evaluate_rank.remote(selected["rank"], "test", adapter_key, [files_ref], True, True))
-        test_metrics = {k: v for k, v in test.scores.items() if k.startswith("test_")}
+        test_metrics = {k: v for k, v in test.scores.items() if k.startswith(("test_", "harness_"))}  # harness: optional
         self.tracker.log_metrics(self.records[JobKey("eval", selected["rank"])].run_id, test_metrics)
         loads = dict(filter(None, (self._on_live_evaluator("base loads", lambda a: a.base_loads.remote(), actor)
                                    for actor in list(self.evaluators))))
@@ -349,12 +354,12 @@ def _preflight(cfg) -> tuple[Tracker, dict]:
 
 
 def _execute(cfg, tracker: Tracker, parent_id: str, on_event, step_sink=None,
-             write_outputs: OutputsWriter | None = None) -> PipelineResult:
+             write_outputs: OutputsWriter | None = None, progress=None) -> PipelineResult:
     pipeline = None
     tracker = BufferedTracker(tracker, cfg.tracking.max_outage_seconds)  # a tracking outage pauses recording, not work
     try:
         ray_runtime.connect(cfg.resources.ray_address)
-        pipeline = Pipeline(cfg, tracker, parent_id, on_event, step_sink, write_outputs)
+        pipeline = Pipeline(cfg, tracker, parent_id, on_event, step_sink, write_outputs, progress)
         result = pipeline.run()
         tracker.finish(parent_id)
         tracker.flush()  # success only once every result is in the store
@@ -380,10 +385,11 @@ def _execute(cfg, tracker: Tracker, parent_id: str, on_event, step_sink=None,
 
 
 def run_pipeline(cfg: Config, on_event=None, *, nest_under: str | None = None, run_tags: dict | None = None,
-                 step_sink=None, write_outputs: OutputsWriter | None = None) -> PipelineResult:
+                 step_sink=None, write_outputs: OutputsWriter | None = None, progress=None) -> PipelineResult:
     """nest_under: a run (an Optuna study's) this pipeline's run is nested under; run_tags: extra tags on it;
     step_sink: sees the main training's per-step metrics and may stop it (see Trainer.train);
-    write_outputs: draws the summary table, CSV and plot (the CLI passes dashboards')."""
+    write_outputs: draws the summary table, CSV and plot (the CLI passes dashboards');
+    progress: a RunProgress (orchestrator/run_progress.py) that shows every training job's steps live."""
     on_event = on_event or (lambda kind, payload: None)
     tracker, fingerprints = _preflight(cfg)
     experiment = tracker.experiment_id(cfg.tracking.experiment or cfg.name)
@@ -392,11 +398,12 @@ def run_pipeline(cfg: Config, on_event=None, *, nest_under: str | None = None, r
                                    tags={tags.CONFIG_NAME_TAG: cfg.name, **provenance_tags(), **(run_tags or {})})
     tracker.log_text(parent_id, cfg.to_yaml(), "config.yaml")
     on_event("started", {"parent_run_id": parent_id, "tracking_uri": redact(tracker.uri)})
-    return _execute(cfg, tracker, parent_id, on_event, step_sink, write_outputs)
+    return _execute(cfg, tracker, parent_id, on_event, step_sink, write_outputs, progress)
 
 
 def resume_pipeline(parent_id: str, tracking_uri: str | None = None, on_event=None,
-                    write_outputs: OutputsWriter | None = None, allow_remote_code: bool = False) -> PipelineResult | None:
+                    write_outputs: OutputsWriter | None = None, allow_remote_code: bool = False,
+                    progress=None) -> PipelineResult | None:
     """Finish an interrupted pipeline: recorded work is kept, the rest is done once. None if it had finished.
     The config read back from the store is checked again (orchestrator/resume_checks.py)."""
     on_event = on_event or (lambda kind, payload: None)
@@ -413,4 +420,4 @@ def resume_pipeline(parent_id: str, tracking_uri: str | None = None, on_event=No
     _preflight(cfg)
     tracker.reopen(parent_id)
     on_event("started", {"parent_run_id": parent_id, "tracking_uri": redact(tracker.uri)})
-    return _execute(cfg, tracker, parent_id, on_event, write_outputs=write_outputs)
+    return _execute(cfg, tracker, parent_id, on_event, write_outputs=write_outputs, progress=progress)

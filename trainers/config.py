@@ -176,6 +176,26 @@ class TrainingConfig(Section):
     keep_checkpoints: bounded(1000) = Field(2, description="Newest checkpoints kept on disk.")
 
 
+class HarnessConfig(Section):
+    """lm-evaluation-harness tasks the pipeline's evaluators score (evaluators/harness.py), recorded as
+    `harness_<task>_<metric>` on the selected rank's eval run and on every baseline run."""
+
+    tasks: list[str] = Field(default_factory=list, description="Harness task names, e.g. [dyrank_countries] (shipped, "
+                             "offline) or the harness's own; empty: no harness. Needs the extra dyrank[harness].")
+    every_rank: bool = Field(False, description="Score every swept rank too, not only the selected one (costlier).")
+    limit: PositiveInt | None = Field(None, description="Cap on examples per task (None: all).")
+    batch_size: PositiveInt = Field(8, description="Harness requests per forward batch.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _harness_installed(cls, tasks: list[str]) -> list[str]:
+        import importlib.util
+
+        if tasks and importlib.util.find_spec("lm_eval") is None:
+            raise ValueError("lm-evaluation-harness is not installed: pip install 'dyrank[harness]'")
+        return tasks
+
+
 class EvaluationConfig(Section):
     ranks: Annotated[list[Rank], Field(min_length=1)] | Literal["all"] = Field("all", description="Ranks to evaluate: all = r_min..r_max, or a list.")
     batch_size: bounded(2**16) = Field(8, description="Examples per evaluation batch.")
@@ -185,6 +205,7 @@ class EvaluationConfig(Section):
         True, description="Evaluators dequantize the frozen NF4 base once to the compute dtype: the same weights, "
         "no per-matmul dequantization (faster), at 16-bit weight memory. Off where that memory is not there.",
     )
+    harness: HarnessConfig = Field(default_factory=HarnessConfig, description="lm-evaluation-harness tasks (optional).")
 
 
 class JobConfig(Section):

@@ -11,12 +11,19 @@ The stable public API, for dyrank and for other training loops:
     set_active_rank(peft_model, sampler.sample())   # once per optimizer step: A[:b], B[:, :b], alpha / b
     export_rank(adapter_dir, b, out_dir)       # a plain PEFT adapter of rank b
 
+Under a Hugging Face / TRL Trainer instead of dyrank's loop (trainers/methods/qdylora/callback.py):
+
+    Trainer(..., callbacks=[DynamicRankCallback(r_min=1)])   # one rank per optimizer step, logged
+    save_dynamic_adapter(peft_model, out_dir, r_min=1)        # adapter + rank range for `dyrank export`
+
 The names load lazily (PEP 562), so registering the method below imports no torch.
 """
 
 from trainers.methods import MethodSpec, register_method
 
 _API = {
+    "DynamicRankCallback": "trainers.methods.qdylora.callback",
+    "save_dynamic_adapter": "trainers.methods.qdylora.callback",
     "RankTruncatedLinear": "trainers.methods.qdylora.layer",
     "RankSampler": "trainers.methods.qdylora.model",
     "attach_dynamic_rank": "trainers.methods.qdylora.model",
