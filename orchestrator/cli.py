@@ -491,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("cache", help="list the cache's sizes, or prune finished pipelines' intermediate files")
-    p.add_argument("action", choices=["list", "prune"])
+    p.add_argument("action", choices=["list", "prune"], help="list: sizes per area and pipeline; prune: free finished pipelines")
     p.add_argument("--adapters", action="store_true",
                    help="prune: remove finished pipelines' folders whole, adapters too (they are in MLflow)")
     p.set_defaults(func=cmd_cache)
