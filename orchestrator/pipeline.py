@@ -39,6 +39,7 @@ from orchestrator.run_records import RunRecords
 from orchestrator.tracking import MlflowTracker, Tracker, check_reachable, open_run, resolve_tracking_uri
 from orchestrator.tracking_uri import is_durable_in_ray_job
 from trainers.datasets.splits import load_splits, split_fingerprint
+from trainers.hub import is_hub_id, resolve_hub_model
 from trainers.paths import cache_dir
 
 ZEROSHOT = JobKey("zeroshot", None)
@@ -296,6 +297,8 @@ def _preflight(cfg) -> tuple[Tracker, dict]:
             "inside a Ray job the working folder is temporary, so a default ./mlflow.db would vanish; pass one: "
             "--runtime-env-json '{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"sqlite:////abs/path/mlflow.db\"}}'"
         )
+    if is_hub_id(cfg.model.source):  # an uncached Hub model is bad input: say so before any actor starts
+        resolve_hub_model(cfg.model.source)
     splits = load_splits(cfg.data)
     for name in ("train", "validation", "test"):
         if not splits[name]:

