@@ -12,6 +12,10 @@ import json
 from pathlib import Path
 
 from trainers.datasets import BUILDABLE_DATASETS, split_files
+from trainers.datasets.files import is_table_file, read_table_file
+from trainers.datasets.hub import read_hub_splits
+from trainers.datasets.records import check_record
+from trainers.hub import is_hub_id
 
 # Packaged with dyrank (a small fixture file); `dyrank data build` makes the BUILDABLE_DATASETS.
 PACKAGED_DATASETS = {"tiny-qa": Path(__file__).resolve().parent.parent / "fixtures" / "tiny_qa.jsonl"}
@@ -27,9 +31,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not (("prompt" in record and "completion" in record) or "messages" in record):
-            raise ValueError(f"{path}:{number}: a record needs prompt and completion, or messages")
-        records.append(record)
+        records.append(check_record(record, f"{path}:{number}"))
     if not records:
         raise ValueError(f"{path}: no records")
     return records
@@ -69,15 +71,22 @@ def load_splits(data) -> dict[str, list[dict]]:
     are cut from the training file by record hash."""
     if data.dataset in BUILDABLE_DATASETS:
         return {name: read_jsonl(path) for name, path in split_files(data.dataset).items()}
-    records = read_jsonl(PACKAGED_DATASETS[data.dataset] if data.dataset else data.train_file)
+    given = read_hub_splits(data) if is_hub_id(data.dataset) else {}  # hf:ORG/NAME brings the splits it has
+    records = given.pop("train", None) or read_records(PACKAGED_DATASETS[data.dataset] if data.dataset else data.train_file, data)
     cut = {}
-    if not data.validation_file:
+    if not data.validation_file and "validation" not in given:
         cut["validation"] = data.validation_fraction
-    if not data.test_file:
+    if not data.test_file and "test" not in given:
         cut["test"] = data.test_fraction
     splits = split_by_hash(records, cut)
+    splits.update(given)
     if data.validation_file:
-        splits["validation"] = read_jsonl(data.validation_file)
+        splits["validation"] = read_records(data.validation_file, data)
     if data.test_file:
-        splits["test"] = read_jsonl(data.test_file)
+        splits["test"] = read_records(data.test_file, data)
     return splits
+
+
+def read_records(path, data) -> list[dict]:
+    """A data file by its suffix: .json / .csv / .parquet through `datasets` (with data.columns), else JSONL."""
+    return read_table_file(path, data.columns) if is_table_file(path) else read_jsonl(path)
