@@ -201,7 +201,9 @@ def _adapter_from_run(run_id: str, tracking_uri: str | None) -> Path:
 
 
 def cmd_export(args) -> int:
+    from orchestrator.adapter_card import export_card
     from trainers.methods.qdylora import export_rank
+    from trainers.model_card import finish_export
 
     source = Path(args.source)
     if source.exists():
@@ -211,6 +213,8 @@ def cmd_export(args) -> int:
     if not (adapter / "adapter_config.json").is_file():
         raise UsageError(f"{source}: no adapter found (expected a dyrank train folder, an adapter folder or a run id)")
     out = export_rank(adapter, args.rank, args.out)
+    # Model card hook (issue 20); moves into trainers.export.export_adapter, the one export path, at merge.
+    finish_export(out, args.rank, export_card(args.source, adapter, args.rank, out, args.tracking_uri))
     print(f"rank-{args.rank} PEFT adapter written to {out}")
     return 0
 

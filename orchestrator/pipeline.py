@@ -33,6 +33,7 @@ from orchestrator.buffered_tracking import BufferedTracker
 from orchestrator.config import Config, parse_config
 from orchestrator.errors import PipelineError
 from orchestrator.messages import EvalResult, JobKey, TrainingReply
+from orchestrator.mlflow_assets import dataset_inputs, publish_selected
 from orchestrator.provenance import provenance_tags
 from orchestrator.ray_runtime import in_ray_job
 from orchestrator.run_records import RunRecords
@@ -243,7 +244,9 @@ class Pipeline:
         self.tracker.log_metrics(self.records[JobKey("eval", selected["rank"])].run_id, test_metrics)
         loads = dict(ray.get([a.base_loads.remote() for a in pool]))
         self.tracker.set_tags(self.parent_id, {tags.EVALUATOR_BASE_LOADS_TAG: json.dumps(loads)})
-        return self.summarize(ranks, selected, test_metrics, started)
+        result = self.summarize(ranks, selected, test_metrics, started)
+        publish_selected(self.tracker, self.parent_id, cfg, self.workdir, result.selected_rank)  # card, pyfunc, registry
+        return result
 
     # ---- 5. summarize ----------------------------------------------------------------------------
     def summarize(self, ranks: list[dict], selected: dict, test_metrics: dict, started: float) -> PipelineResult:
@@ -350,6 +353,7 @@ def run_pipeline(cfg: Config, on_event=None, *, nest_under: str | None = None, r
                                    params={**cfg.model_dump(mode="json"), **fingerprints},
                                    tags={tags.CONFIG_NAME_TAG: cfg.name, **provenance_tags(), **(run_tags or {})})
     tracker.log_text(parent_id, cfg.to_yaml(), "config.yaml")
+    tracker.log_inputs(parent_id, dataset_inputs(cfg.data, fingerprints))
     on_event("started", {"parent_run_id": parent_id, "tracking_uri": tracker.uri})
     return _execute(cfg, tracker, parent_id, on_event, step_sink, write_outputs)
 

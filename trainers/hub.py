@@ -98,9 +98,13 @@ def set_portable_base(adapter_dir: str | Path, source: str) -> PortableBase:
     base was loaded from (PEFT records that, and it is a path in the cache)."""
     path = Path(adapter_dir) / "adapter_config.json"
     config = json.loads(path.read_text())
-    base = portable_base(source, Path(config.get("base_model_name_or_path") or "."))
+    loaded_from = config.get("base_model_name_or_path") or ""
+    base = portable_base(source, Path(loaded_from or "."))
     config["base_model_name_or_path"], config["revision"] = base.name_or_path, base.revision
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    card = path.with_name("README.md")  # PEFT's template card names the same folder as its base_model
+    if loaded_from and card.is_file():
+        card.write_text(card.read_text().replace(loaded_from, base.name_or_path))
     return base
 
 
