@@ -33,6 +33,10 @@ def test_train_then_export_loads_in_plain_peft(tmp_path):
     base = load_base_model(resolve_base(adapter_base_source(exported)), quant=None, device=torch.device("cpu"))
     model = PeftModel.from_pretrained(base, exported)
     assert model.peft_config["default"].r == 4
+    card = (exported / "README.md").read_text()  # the model card every export writes
+    assert "base_model: tiny-llama" in card and "library_name: peft" in card and "| rank | 4 |" in card
+    assert "None: this rank was chosen by whoever exported it" in card and "| train |" in card
+    assert f"dyrank export {out.name} --rank 4 --out r4" in card and "name: tiny" in card
 
 
 def test_train_refuses_to_overwrite_and_resume_of_a_finished_run_is_a_noop(tmp_path, capsys):
