@@ -14,8 +14,10 @@ from trainers.model_card import ModelCardFacts, adapter_card
 SPLITS = ("train", "validation", "test")
 
 
-def card_from_run(tracker: Tracker, parent_id: str, adapter_dir: Path, rank: int, out_name: str) -> ModelCardFacts:
-    """A pipeline run's card for `adapter_dir` exported at `rank` (read back through the tracker)."""
+def card_from_run(tracker: Tracker, parent_id: str, adapter_dir: Path, rank: int, out_name: str,
+                  config_yaml: str | None = None) -> ModelCardFacts:
+    """A pipeline run's card for `adapter_dir` exported at `rank` (read back through the tracker; the run's
+    config.yaml is downloaded unless the caller has it)."""
     parent = tracker.run(parent_id)
     params, metrics, tags = parent.data.params, parent.data.metrics, parent.data.tags
     metric = params.get("selection.metric", "eval_loss")
@@ -36,8 +38,9 @@ def card_from_run(tracker: Tracker, parent_id: str, adapter_dir: Path, rank: int
     scored = [{"split": "validation", "name": metric, "value": swept[rank]}] if rank in swept else []
     if selected == rank:
         scored += interval_metrics(metrics, "selected_test_", "test")
-    with tempfile.TemporaryDirectory() as tmp:
-        config_yaml = Path(tracker.download(parent_id, "config.yaml", tmp)).read_text()
+    if config_yaml is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            config_yaml = Path(tracker.download(parent_id, "config.yaml", tmp)).read_text()
     return adapter_card(
         adapter_dir, rank, selection=selection, metrics=scored, data=data_facts(params),
         provenance={**{k[len(PROVENANCE_PREFIX):]: v for k, v in tags.items() if k.startswith(PROVENANCE_PREFIX)},
@@ -73,7 +76,7 @@ def interval_metrics(metrics: dict, prefix: str, split: str) -> list[dict]:
     rows = []
     for key in sorted(metrics):
         name = key[len(prefix):]
-        if key.startswith(prefix) and not name.endswith(("_ci_low", "_ci_high", "_examples", "_tokens")):
+        if key.startswith(prefix) and not name.endswith(("_ci_low", "_ci_high")) and name not in ("examples", "tokens"):
             rows.append({"split": split, "name": name, "value": metrics[key],
                          "ci_low": metrics.get(f"{key}_ci_low"), "ci_high": metrics.get(f"{key}_ci_high")})
     return rows

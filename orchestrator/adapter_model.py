@@ -8,12 +8,14 @@ code, never deserialized objects.
 
 from __future__ import annotations
 
+import os
 from importlib import metadata
 from pathlib import Path
 
 import mlflow.pyfunc
 
 ENTRY = Path(__file__).with_name("adapter_model_entry.py")
+PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 DEFAULT_MAX_NEW_TOKENS = 32
 
 
@@ -45,6 +47,14 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
 def save_adapter_model(adapter_dir: Path, dst: Path, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> Path:
     """An MLflow pyfunc model folder at `dst` holding the exported adapter (`adapter_dir`) as an artifact."""
     pins = [f"{name}=={metadata.version(name)}" for name in ("torch", "transformers", "peft", "mlflow")]
-    mlflow.pyfunc.save_model(str(dst), python_model=str(ENTRY), artifacts={"adapter": str(adapter_dir)},
-                             model_config={"max_new_tokens": max_new_tokens}, pip_requirements=["dyrank", *pins])
+    quiet = os.environ.get(PROGRESS_BAR)
+    os.environ[PROGRESS_BAR] = "false"  # it copies the adapter in as an "artifact download": no bar in the CLI's output
+    try:
+        mlflow.pyfunc.save_model(str(dst), python_model=str(ENTRY), artifacts={"adapter": str(adapter_dir)},
+                                 model_config={"max_new_tokens": max_new_tokens}, pip_requirements=["dyrank", *pins])
+    finally:
+        if quiet is None:
+            os.environ.pop(PROGRESS_BAR, None)
+        else:
+            os.environ[PROGRESS_BAR] = quiet
     return dst

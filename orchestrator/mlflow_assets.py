@@ -65,7 +65,7 @@ def publish_selected(tracker: Tracker, parent_id: str, cfg, workdir: Path, rank:
         return  # full weights (GaLore) or AdaLoRA: no rank-sliced LoRA export to publish
     out = export_rank(adapter, rank, workdir / "selected" / f"{cfg.name}-r{rank}")
     # Model card hook (issue 20); moves into trainers.export.export_adapter, the one export path, at merge.
-    finish_export(out, rank, card_from_run(tracker, parent_id, adapter, rank, out.name))
+    finish_export(out, rank, card_from_run(tracker, parent_id, adapter, rank, out.name, cfg.to_yaml()))
     tracker.log_artifact(parent_id, out, "selected_adapter")
     model_dir = save_adapter_model(out, workdir / "selected_model")
     tracker.register_model(parent_id, model_dir, "selected_model", registered_name(cfg), SELECTED_ALIAS,

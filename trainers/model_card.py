@@ -92,7 +92,11 @@ def render(card: ModelCardFacts) -> str:
 
 
 def _modules(modules) -> str:
-    return modules if isinstance(modules, str) else ", ".join(sorted(modules))
+    """Module kinds (PEFT may save every full module name): `q_proj, v_proj (28 modules)`."""
+    if isinstance(modules, str):
+        return modules
+    kinds = sorted({name.rsplit(".", 1)[-1] for name in modules})
+    return ", ".join(kinds) + (f" ({len(modules)} modules)" if len(modules) > len(kinds) else "")
 
 
 def _selection(selection: dict | None) -> list[str]:
@@ -130,11 +134,13 @@ def _data(data: dict) -> list[str]:
 
 
 def _usage(card: ModelCardFacts) -> list[str]:
-    revision = f", revision=\"{card.base_revision}\"" if card.base_revision else ""
-    return ["## Use", "", "```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM",
-            "", f"base = AutoModelForCausalLM.from_pretrained(\"{card.base_model}\"{revision})"
-            + ("  # a dyrank id: resolve it with trainers.models.resolve_base" if "/" not in card.base_model else ""),
-            "model = PeftModel.from_pretrained(base, \"path/to/this/folder\")", "```", ""]
+    out = ["## Use", "", "```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM", ""]
+    if card.base_revision:  # a Hub id: transformers fetches (or finds in its cache) the same commit
+        out.append(f"base = AutoModelForCausalLM.from_pretrained(\"{card.base_model}\", revision=\"{card.base_revision}\")")
+    else:  # a dyrank preset or registered id, or a local path: dyrank resolves it to a folder
+        out += ["from trainers.models import resolve_base  # dyrank", "",
+                f"base = AutoModelForCausalLM.from_pretrained(resolve_base(\"{card.base_model}\"))"]
+    return out + ["model = PeftModel.from_pretrained(base, \"path/to/this/folder\")", "```", ""]
 
 
 def _reproduce(card: ModelCardFacts) -> list[str]:
