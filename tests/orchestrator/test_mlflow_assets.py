@@ -74,10 +74,17 @@ def test_the_registered_model_answers_offline_like_the_exported_adapter(publishe
     answers = model.predict(QUESTIONS)
     assert isinstance(answers, list) and len(answers) == 2 and all(isinstance(a, str) for a in answers)
     exported = next((workdir / "selected").iterdir())
-    base = resolve_base("tiny-llama")
-    plain = PeftModel.from_pretrained(load_base_model(base, dtype=torch.float32, device=torch.device("cpu")), exported)
-    expected = generate_answers(plain, [{"prompt": q, "completion": ""} for q in QUESTIONS], load_tokenizer(base), 32)
+    base_dir = resolve_base("tiny-llama")
+    base = load_base_model(base_dir, dtype=torch.float32, device=torch.device("cpu"))
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    untouched = base(input_ids=ids).logits
+    plain = PeftModel.from_pretrained(base, exported).eval()
+    expected = generate_answers(plain, [{"prompt": q, "completion": ""} for q in QUESTIONS], load_tokenizer(base_dir), 32)
     assert answers == expected
+    # the same weights, not merely the same (possibly empty) text: the base through its portable id, the adapter on it
+    loaded = model.unwrap_python_model().model
+    torch.testing.assert_close(loaded(input_ids=ids).logits, plain(input_ids=ids).logits, atol=0, rtol=0)
+    assert not torch.allclose(plain(input_ids=ids).logits, untouched), "the adapter must change the outputs"
 
 
 def test_the_exported_selected_adapter_carries_its_model_card(published, tmp_path):
