@@ -9,12 +9,13 @@ from pathlib import Path
 
 from orchestrator.tags import BEST_BASELINE_TAG, PROVENANCE_PREFIX
 from orchestrator.tracking import Tracker
+from trainers.hub import repair_portable_base
 from trainers.model_card import ModelCardFacts, adapter_card
 
 SPLITS = ("train", "validation", "test")
 
 
-def card_from_run(tracker: Tracker, parent_id: str, adapter_dir: Path, rank: int, out_name: str,
+def card_from_run(tracker: Tracker, parent_id: str, adapter_dir: Path, rank: int, out_dir: Path,
                   config_yaml: str | None = None) -> ModelCardFacts:
     """A pipeline run's card for `adapter_dir` exported at `rank` (read back through the tracker; the run's
     config.yaml is downloaded unless the caller has it)."""
@@ -41,17 +42,19 @@ def card_from_run(tracker: Tracker, parent_id: str, adapter_dir: Path, rank: int
     if config_yaml is None:
         with tempfile.TemporaryDirectory() as tmp:
             config_yaml = Path(tracker.download(parent_id, "config.yaml", tmp)).read_text()
+    if "model.source" in params:  # an adapter from before portable bases: name the config's source
+        repair_portable_base(out_dir, params["model.source"])
     return adapter_card(
-        adapter_dir, rank, selection=selection, metrics=scored, data=data_facts(params),
+        adapter_dir, rank, out_dir, selection=selection, metrics=scored, data=data_facts(params),
         provenance={**{k[len(PROVENANCE_PREFIX):]: v for k, v in tags.items() if k.startswith(PROVENANCE_PREFIX)},
                     "MLflow pipeline run": parent_id},
-        commands=["dyrank run config.yaml   # the config below", f"dyrank export PIPELINE_RUN_ID --rank {rank} --out {out_name}"],
+        commands=["dyrank run config.yaml   # the config below", f"dyrank export PIPELINE_RUN_ID --rank {rank} --out {out_dir.name}"],
         config_yaml=config_yaml, title=f"{params.get('name', 'dyrank')}: {params.get('adapter.method', '')} adapter, rank {rank}",
         tags=["dyrank-selected"] if selected == rank else [],
     )
 
 
-def card_from_train_folder(folder: Path, adapter_dir: Path, rank: int, out_name: str) -> ModelCardFacts:
+def card_from_train_folder(folder: Path, adapter_dir: Path, rank: int, out_dir: Path) -> ModelCardFacts:
     """A `dyrank train` folder's card: its config and the data it read; no selection (the user chose the rank)."""
     from orchestrator.config import load_config
     from orchestrator.provenance import provenance_tags
@@ -61,14 +64,16 @@ def card_from_train_folder(folder: Path, adapter_dir: Path, rank: int, out_name:
     facts = {}
     if config_path.is_file():
         cfg = load_config(config_path)
+        repair_portable_base(out_dir, cfg.model.source)  # an adapter from before portable bases
         splits = load_splits(cfg.data)
         facts = {"data": {"source": cfg.data.dataset or cfg.data.train_file,
                           "splits": {name: split_fingerprint(splits[name]) for name in SPLITS}},
                  "config_yaml": config_path.read_text(),
                  "commands": [f"dyrank train config.yaml --out {folder.name}   # the config below",
-                              f"dyrank export {folder.name} --rank {rank} --out {out_name}"]}
+                              f"dyrank export {folder.name} --rank {rank} --out {out_dir.name}"]}
     tags = provenance_tags()
-    return adapter_card(adapter_dir, rank, provenance={k[len(PROVENANCE_PREFIX):]: v for k, v in tags.items()}, **facts)
+    return adapter_card(adapter_dir, rank, out_dir, provenance={k[len(PROVENANCE_PREFIX):]: v for k, v in tags.items()},
+                        **facts)
 
 
 def interval_metrics(metrics: dict, prefix: str, split: str) -> list[dict]:
@@ -95,8 +100,8 @@ def export_card(source: str, adapter_dir: Path, rank: int, out_dir: Path, tracki
     path = Path(source)
     if path.exists():
         folder = path if (path / "config.yaml").is_file() else Path(adapter_dir).parent
-        return card_from_train_folder(folder, adapter_dir, rank, Path(out_dir).name)
+        return card_from_train_folder(folder, adapter_dir, rank, Path(out_dir))
     from orchestrator.tracking import PARENT_TAG, open_run
 
     tracker, run = open_run(source, tracking_uri)
-    return card_from_run(tracker, run.data.tags.get(PARENT_TAG, source), adapter_dir, rank, Path(out_dir).name)
+    return card_from_run(tracker, run.data.tags.get(PARENT_TAG, source), adapter_dir, rank, Path(out_dir))

@@ -9,6 +9,7 @@ Everything goes through the Tracker (buffered in the pipeline), like every other
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from orchestrator.adapter_card import card_from_run
@@ -63,9 +64,11 @@ def publish_selected(tracker: Tracker, parent_id: str, cfg, workdir: Path, rank:
     config = adapter / "adapter_config.json"
     if not config.is_file() or json.loads(config.read_text()).get("peft_type") != "LORA":
         return  # full weights (GaLore) or AdaLoRA: no rank-sliced LoRA export to publish
+    for scratch in ("selected", "selected_model"):  # a resume after a crash mid-publish makes them again
+        shutil.rmtree(workdir / scratch, ignore_errors=True)
     out = export_rank(adapter, rank, workdir / "selected" / f"{cfg.name}-r{rank}")
     # Model card hook (issue 20); moves into trainers.export.export_adapter, the one export path, at merge.
-    finish_export(out, rank, card_from_run(tracker, parent_id, adapter, rank, out.name, cfg.to_yaml()))
+    finish_export(out, rank, card_from_run(tracker, parent_id, adapter, rank, out, cfg.to_yaml()))
     tracker.log_artifact(parent_id, out, "selected_adapter")
     model_dir = save_adapter_model(out, workdir / "selected_model")
     tracker.register_model(parent_id, model_dir, "selected_model", registered_name(cfg), SELECTED_ALIAS,

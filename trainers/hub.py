@@ -108,6 +108,18 @@ def set_portable_base(adapter_dir: str | Path, source: str) -> PortableBase:
     return base
 
 
+def repair_portable_base(adapter_dir: str | Path, source: str) -> bool:
+    """An adapter saved before bases were portable names the folder its base was loaded from (a dyrank cache
+    folder, maybe another machine's) where `source` is an id: name `source`'s portable form instead.
+    Returns whether it changed anything."""
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    named = config.get("base_model_name_or_path") or ""
+    if not Path(named).is_absolute() or named == portable_base(source).name_or_path:
+        return False
+    set_portable_base(adapter_dir, source)
+    return True
+
+
 def adapter_base_source(adapter_dir: str | Path) -> str:
     """The dyrank model source an adapter folder was trained on, from its adapter_config.json."""
     config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())

@@ -41,11 +41,12 @@ class ModelCardFacts:
     tags: list[str] = field(default_factory=list)
 
 
-def adapter_card(adapter_dir: str | Path, rank: int, **facts) -> ModelCardFacts:
-    """The facts an adapter folder holds (its base, method, alpha, target modules, trained rank range),
-    plus `facts` (selection, metrics, data, provenance, commands, config_yaml, title, tags)."""
+def adapter_card(adapter_dir: str | Path, rank: int, exported_dir: str | Path | None = None, **facts) -> ModelCardFacts:
+    """The facts an adapter folder holds (its base, method, alpha, target modules, trained rank range; the
+    PEFT config read from `exported_dir` where given), plus `facts` (selection, metrics, data, provenance,
+    commands, config_yaml, title, tags)."""
     adapter_dir = Path(adapter_dir)
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config = json.loads((Path(exported_dir or adapter_dir) / "adapter_config.json").read_text())
     meta = read_adapter_meta(adapter_dir) or {}
     dynamic = bool(meta.get("dynamic"))
     return ModelCardFacts(
