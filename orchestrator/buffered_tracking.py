@@ -73,7 +73,7 @@ class BufferedTracker:
     """The Tracker interface in front of an MlflowTracker, for the pipeline and study drivers.
 
     Buffered (queued, in order, returning at once): create_run, log, log_params, log_metrics, log_series,
-    set_tags, log_artifact, log_text, log_dict, finish, fail, terminate. Synchronous, after a flush and
+    set_tags, log_artifact, log_text, log_dict, log_inputs, register_model, finish, fail, terminate. Synchronous, after a flush and
     with the same retries: the reads, experiment_id (its id is needed now) and reopen (a caller falls
     back to a new run when the old one is gone, so it must hear the refusal)."""
 
@@ -130,6 +130,13 @@ class BufferedTracker:
 
     def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> None:
         self._put("log_dict", run_id, copy.deepcopy(obj), artifact_file)  # as it is now, not when written
+
+    def log_inputs(self, run_id: str, datasets: list[dict]) -> None:
+        self._put("log_inputs", run_id, copy.deepcopy(datasets))
+
+    def register_model(self, run_id: str, model_dir: str | Path, artifact_path: str, name: str, alias: str,
+                       tags: dict) -> None:
+        self._put("register_model", run_id, model_dir, artifact_path, name, alias, dict(tags))
 
     def finish(self, run_id: str, end_time: float | None = None) -> None:
         self._put("finish", run_id, end_time or time.time())

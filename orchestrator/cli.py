@@ -302,16 +302,20 @@ def _adapter_from_run(run_id: str, tracking_uri: str | None, into: str) -> Path:
 def cmd_export(args) -> int:
     import tempfile
 
+    from orchestrator.adapter_card import export_card
     from trainers.export import export_adapter
     from trainers.out_dir import check_out_dir
 
+    def card(adapter, folder, name):  # the run's (or train folder's) facts on the exported adapter's card
+        return export_card(args.source, adapter, args.rank, folder, args.tracking_uri, out_name=name)
+
     if Path(args.source).exists():
-        out = export_adapter(args.source, args.rank, args.out, force=args.force)
+        out = export_adapter(args.source, args.rank, args.out, force=args.force, card=card)
     else:
         check_out_dir(args.out, force=args.force)  # before anything is downloaded
         with tempfile.TemporaryDirectory(prefix="dyrank-export-") as into:
             out = export_adapter(_adapter_from_run(args.source, args.tracking_uri, into), args.rank, args.out,
-                                 force=args.force)
+                                 force=args.force, card=card)
     print(f"rank-{args.rank} PEFT adapter written to {out}")
     return 0
 

@@ -35,6 +35,7 @@ from orchestrator.cache import mark_finished
 from orchestrator.config import Config, parse_config
 from orchestrator.errors import PipelineError
 from orchestrator.messages import EvalResult, JobKey, TrainingReply
+from orchestrator.mlflow_assets import dataset_inputs, publish_selected
 from orchestrator.provenance import provenance_tags
 from orchestrator.redact import is_redacted, redact
 from orchestrator.resume_checks import check_resumed_config
@@ -44,6 +45,7 @@ from orchestrator.run_records import RunRecords
 from orchestrator.tracking import MlflowTracker, Tracker, check_reachable, open_run, resolve_tracking_uri
 from orchestrator.tracking_uri import is_durable_in_ray_job
 from trainers.datasets.splits import load_splits, split_fingerprint
+from trainers.hub import is_hub_id, resolve_hub_model
 from trainers.paths import cache_dir
 
 ZEROSHOT = JobKey("zeroshot", None)
@@ -267,7 +269,9 @@ class Pipeline:
         loads = dict(filter(None, (self._on_live_evaluator("base loads", lambda a: a.base_loads.remote(), actor)
                                    for actor in list(self.evaluators))))
         self.tracker.set_tags(self.parent_id, {tags.EVALUATOR_BASE_LOADS_TAG: json.dumps(loads)})
-        return self.summarize(ranks, selected, test_metrics, started)
+        result = self.summarize(ranks, selected, test_metrics, started)
+        publish_selected(self.tracker, self.parent_id, cfg, self.workdir, result.selected_rank)  # card, pyfunc, registry
+        return result
 
     def _on_live_evaluator(self, what: str, call, only=None):
         """ray.get(call(actor)) on a live evaluator (`only`: that one, or None if it died); an evaluator that
@@ -338,6 +342,8 @@ def _preflight(cfg) -> tuple[Tracker, dict]:
             "inside a Ray job the working folder is temporary, so a default ./mlflow.db would vanish; pass one: "
             "--runtime-env-json '{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"sqlite:////abs/path/mlflow.db\"}}'"
         )
+    if is_hub_id(cfg.model.source):  # an uncached Hub model is bad input: say so before any actor starts
+        resolve_hub_model(cfg.model.source)
     splits = load_splits(cfg.data)
     for name in ("train", "validation", "test"):
         if not splits[name]:
@@ -397,6 +403,7 @@ def run_pipeline(cfg: Config, on_event=None, *, nest_under: str | None = None, r
                                    params={**cfg.model_dump(mode="json"), **fingerprints},
                                    tags={tags.CONFIG_NAME_TAG: cfg.name, **provenance_tags(), **(run_tags or {})})
     tracker.log_text(parent_id, cfg.to_yaml(), "config.yaml")
+    tracker.log_inputs(parent_id, dataset_inputs(cfg.data, fingerprints))
     on_event("started", {"parent_run_id": parent_id, "tracking_uri": redact(tracker.uri)})
     return _execute(cfg, tracker, parent_id, on_event, step_sink, write_outputs, progress)
 

@@ -16,6 +16,7 @@ GPUS_TAG = "dyrank.gpu_ids"
 CONFIG_NAME_TAG = "dyrank.config_name"
 BEST_BASELINE_TAG = "dyrank.best_baseline"
 EVALUATOR_BASE_LOADS_TAG = "dyrank.evaluator_base_loads"
+REGISTERED_MODEL_TAG = "dyrank.registered_model"  # NAME/VERSION of the selected adapter in the Model Registry
 
 # on a study run and its trials' pipeline runs
 STUDY_TAG = "dyrank.study"

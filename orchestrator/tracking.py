@@ -21,12 +21,13 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from pathlib import Path
 from typing import Any, Iterable, Protocol, runtime_checkable
 
-from mlflow.entities import Metric, Param, RunStatus, ViewType
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from orchestrator.errors import TrackingError
 from orchestrator.redact import redact, redact_tree
-from orchestrator.tags import FAILURE_TAG, KIND_TAG, PARENT_TAG
+from orchestrator.tags import FAILURE_TAG, KIND_TAG, PARENT_TAG, REGISTERED_MODEL_TAG
 from orchestrator.tracking_uri import DRIVER_SCHEMES, is_remote_http, parse_tracking_uri, resolve_tracking_uri, sqlite_path
 
 __all__ = ["FAILURE_TAG", "KIND_TAG", "PARENT_TAG", "MlflowTracker", "Tracker", "check_reachable", "open_run",
@@ -61,6 +62,14 @@ class Tracker(Protocol):
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None: ...
 
     def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> None: ...
+
+    def log_inputs(self, run_id: str, datasets: list[dict]) -> None:
+        """Data sets as MLflow run inputs; each {"name", "digest", "source_type", "source", "context", "profile"}."""
+
+    def register_model(self, run_id: str, model_dir: str | Path, artifact_path: str, name: str, alias: str,
+                       tags: dict) -> None:
+        """Log an MLflow model folder under the run and register it as a version of `name` with `alias` and
+        `tags` (once: a retry or a resume finds the version it made)."""
 
     def finish(self, run_id: str, end_time: float | None = None) -> None: ...
 
@@ -214,6 +223,25 @@ class MlflowTracker:
 
     def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> None:
         self._client.log_dict(run_id, redact_tree(obj), artifact_file)
+
+    def log_inputs(self, run_id: str, datasets: list[dict]) -> None:
+        inputs = [DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type=d["source_type"],
+                                       source=d["source"], profile=d.get("profile")),
+                               [InputTag(MLFLOW_DATASET_CONTEXT, d["context"])]) for d in datasets]
+        self._client.log_inputs(run_id, datasets=inputs)
+
+    def register_model(self, run_id: str, model_dir: str | Path, artifact_path: str, name: str, alias: str,
+                       tags: dict) -> None:
+        source = f"{self._client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        self._client.log_artifacts(run_id, str(model_dir), artifact_path)
+        if not self._client.search_registered_models(f"name = '{name}'"):
+            self._client.create_registered_model(name)
+        made = [v for v in self._client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+                if v.source == source]
+        version = made[0] if made else self._client.create_model_version(
+            name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+        self._client.set_registered_model_alias(name, alias, version.version)
+        self._client.set_tag(run_id, REGISTERED_MODEL_TAG, f"{name}/{version.version}")
 
     def finish(self, run_id: str, end_time: float | None = None) -> None:
         self._client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED),

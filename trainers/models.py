@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from trainers import model_registry as registry
+from trainers import hub, model_registry as registry
 from trainers.model_sources import check_local_source
 from trainers.paths import cache_dir, sha256_file
 from trainers.presets import PRESETS
@@ -145,6 +145,8 @@ def convert_gguf(gguf_path: Path) -> Path:
 
 def resolve_base(source: str) -> Path:
     """Any model source -> an absolute local folder that `from_pretrained` loads."""
+    if hub.is_hub_id(source):  # hf:ORG/NAME@REVISION, from the Hub cache only
+        return hub.resolve_hub_model(source)
     if source in PRESETS:
         return build_preset(source)
     if source in registry.REGISTERED_MODELS:

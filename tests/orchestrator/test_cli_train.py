@@ -11,7 +11,8 @@ from peft import PeftModel
 
 from orchestrator.cli import main
 from tests.conftest import TINY_YAML
-from trainers.models import load_base_model
+from trainers.hub import adapter_base_source
+from trainers.models import load_base_model, resolve_base
 
 DYRANK = [sys.executable, "-m", "orchestrator.cli"]
 
@@ -28,9 +29,14 @@ def test_train_then_export_loads_in_plain_peft(tmp_path):
                           check=True, capture_output=True, text=True)
     assert "rank-4" in done.stdout
     config = json.loads((exported / "adapter_config.json").read_text())
-    base = load_base_model(config["base_model_name_or_path"], quant=None, device=torch.device("cpu"))
+    assert config["base_model_name_or_path"] == "tiny-llama"  # portable: the preset's id, not a cache path
+    base = load_base_model(resolve_base(adapter_base_source(exported)), quant=None, device=torch.device("cpu"))
     model = PeftModel.from_pretrained(base, exported)
     assert model.peft_config["default"].r == 4
+    card = (exported / "README.md").read_text()  # the model card every export writes
+    assert "base_model: tiny-llama" in card and "library_name: peft" in card and "| rank | 4 |" in card
+    assert "None: this rank was chosen by whoever exported it" in card and "| train |" in card
+    assert f"dyrank export {out.name} --rank 4 --out r4" in card and "name: tiny" in card
 
 
 def test_train_refuses_to_overwrite_and_resume_of_a_finished_run_is_a_noop(tmp_path, capsys):

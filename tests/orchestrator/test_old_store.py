@@ -49,6 +49,9 @@ def test_export_from_an_old_pipeline(old_store, tmp_path):
     assert main(["export", parent, "--rank", "3", "--out", str(tmp_path / "r3"), "--tracking-uri", uri]) == 0
     config = json.loads((tmp_path / "r3" / "adapter_config.json").read_text())
     assert config["r"] == 3 and config["lora_alpha"] == 16
+    assert config["base_model_name_or_path"] == "tiny-llama"  # its old cache path, made portable on export
+    card = (tmp_path / "r3" / "README.md").read_text()
+    assert "base_model: tiny-llama" in card and "| rank | 3 |" in card and "| train |" in card
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import mlflow
 import pytest
 import ray
 from mlflow.entities import ViewType
@@ -115,6 +116,11 @@ def test_record_keys_are_those_the_previous_release_wrote(pipeline):
     _, uri, result, _, _ = pipeline
     before = json.loads((FIXTURES / "store-a83f95e" / "record.json").read_text())["runs"]
     after = record_of(uri, result.parent_run_id)
+    new = after["pipeline"]  # issue 20 adds, on the parent only: the selected adapter (carded) and its pyfunc model
+    new["tags"].remove("dyrank.registered_model")
+    assert {"selected_adapter/README.md", "selected_adapter/adapter_config.json",
+            "selected_model/MLmodel"} <= set(new["artifacts"])
+    new["artifacts"] = [a for a in new["artifacts"] if not a.startswith(("selected_adapter/", "selected_model/"))]
     assert sorted(after) == sorted(before)
     for key in before:
         assert after[key] == before[key], key
@@ -143,6 +149,25 @@ def test_train_run_records_the_sampled_rank_of_every_step(pipeline):
     history = MlflowClient(uri).get_metric_history(train.info.run_id, "sampled_rank")
     assert sorted(m.step for m in history) == list(range(1, cfg.training.max_steps + 1))
     assert {m.value for m in history} <= set(range(1, 9))
+
+
+def test_selected_adapter_is_registered_carded_and_the_data_logged(pipeline, tmp_path, monkeypatch):
+    cfg, uri, result, _, _ = pipeline
+    client = MlflowClient(uri)
+    version = client.get_model_version_by_alias(cfg.name, "selected")
+    assert version.tags == {"rank": str(result.selected_rank), "method": "qdylora", "pipeline_run": result.parent_run_id}
+    inputs = client.get_run(result.parent_run_id).inputs.dataset_inputs
+    assert sorted(i.tags[0].value for i in inputs) == ["test", "train", "validation"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    [answer] = mlflow.pyfunc.load_model(f"models:/{cfg.name}@selected").predict(["What is 2 + 3?"])
+    assert isinstance(answer, str)
+    from orchestrator.cli import main
+
+    out = tmp_path / "selected"
+    assert main(["export", result.parent_run_id, "--rank", str(result.selected_rank), "--out", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert "library_name: peft" in card and f"Rank {result.selected_rank} was selected by policy `best`" in card
+    assert "| test | loss |" in card and "| train |" in card and f"MLflow pipeline run: {result.parent_run_id}" in card
 
 
 @pytest.mark.parametrize("rank", [1, 4, 8])

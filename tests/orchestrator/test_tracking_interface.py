@@ -13,8 +13,8 @@ from orchestrator.tracking import MlflowTracker, Tracker
 PROTOCOL_METHODS = sorted(name for name, value in vars(Tracker).items()
                           if callable(value) and not name.startswith("_"))
 EXPECTED = ["children", "create_run", "download", "experiment_id", "fail", "find_by_tag", "finish", "log", "log_artifact",
-            "log_dict", "log_metrics", "log_params", "log_series", "log_text", "metric_history", "reopen", "run",
-            "set_tags", "terminate"]
+            "log_dict", "log_inputs", "log_metrics", "log_params", "log_series", "log_text", "metric_history",
+            "register_model", "reopen", "run", "set_tags", "terminate"]
 
 
 def test_the_protocol_lists_every_operation_callers_need():

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import tiny_job
 from trainers.finetune import train
-from trainers.models import load_base_model
+from trainers.hub import adapter_base_source
+from trainers.models import load_base_model, resolve_base
 from trainers.methods.qdylora import attach_dynamic_rank, export_rank, set_active_rank
 
 R_MAX = 8
@@ -28,8 +29,7 @@ def trained(tmp_path_factory):
 
 
 def _trained_model_at(adapter_dir, rank):
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    base = load_base_model(config["base_model_name_or_path"], quant=None, device=torch.device("cpu"))
+    base = load_base_model(resolve_base(adapter_base_source(adapter_dir)), quant=None, device=torch.device("cpu"))
     model = PeftModel.from_pretrained(base, adapter_dir)
     attach_dynamic_rank(model)
     set_active_rank(model, rank)
@@ -47,7 +47,8 @@ def test_exported_adapter_matches_trained_model_at_that_rank(trained, tmp_path, 
 
     ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
     expected = _trained_model_at(trained.adapter_dir, rank)(input_ids=ids).logits
-    base = load_base_model(config["base_model_name_or_path"], quant=None, device=torch.device("cpu"))
+    base = load_base_model(resolve_base(adapter_base_source(out)), quant=None, device=torch.device("cpu"))
+    assert config["base_model_name_or_path"] == "tiny-llama"  # the preset's id, not its cache folder
     plain = PeftModel.from_pretrained(base, out).eval()  # plain PEFT, nothing of ours
     torch.testing.assert_close(plain(input_ids=ids).logits, expected, atol=1e-5, rtol=0)
 

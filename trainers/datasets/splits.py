@@ -12,6 +12,10 @@ import json
 from pathlib import Path
 
 from trainers.datasets import BUILDABLE_DATASETS, built_split_files, split_files
+from trainers.datasets.files import is_table_file, read_table_file
+from trainers.datasets.hub import read_hub_splits
+from trainers.datasets.records import check_record
+from trainers.hub import is_hub_id
 
 # Packaged with dyrank (a small fixture file); `dyrank data build` makes the BUILDABLE_DATASETS.
 PACKAGED_DATASETS = {"tiny-qa": Path(__file__).resolve().parent.parent / "fixtures" / "tiny_qa.jsonl"}
@@ -39,37 +43,10 @@ def read_jsonl(path: str | Path) -> list[dict]:
             raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
         except RecursionError:
             raise ValueError(f"{where}: JSON nested too deeply") from None
-        problem = record_problem(record)
-        if problem:
-            raise ValueError(f"{where}: {problem}")
-        records.append(record)
+        records.append(check_record(record, where))
     if not records:
         raise ValueError(f"{path}: no records")
     return records
-
-
-def record_problem(record) -> str | None:
-    """What is wrong with one record, or None: {"prompt": str, "completion": str}, or {"messages": [...]} with
-    at least one message, each {"role": str, "content": str} (the last one is the completion)."""
-    if not isinstance(record, dict):
-        return f"a record must be a JSON object, got {type(record).__name__}"
-    if "messages" in record:
-        messages = record["messages"]
-        if not isinstance(messages, list) or not messages:
-            return "messages must be a non-empty list"
-        for index, message in enumerate(messages):
-            if not isinstance(message, dict):
-                return f"messages[{index}] must be an object with role and content"
-            for key in ("role", "content"):
-                if not isinstance(message.get(key), str):
-                    return f"messages[{index}].{key} must be a string, got {message.get(key)!r}"[:200]
-        return None
-    if "prompt" not in record or "completion" not in record:
-        return "a record needs prompt and completion, or messages"
-    for key in ("prompt", "completion"):
-        if not isinstance(record[key], str):
-            return f"{key} must be a string, got {type(record[key]).__name__}"
-    return None
 
 
 def split_fingerprint(records: list[dict]) -> dict:
@@ -108,18 +85,20 @@ def load_splits(data, build: bool = True) -> dict[str, list[dict]]:
     if data.dataset in BUILDABLE_DATASETS:
         files = split_files(data.dataset) if build else built_split_files(data.dataset)
         return _non_empty({name: read_jsonl(path) for name, path in files.items()}, files)
-    train_file = PACKAGED_DATASETS[data.dataset] if data.dataset else data.train_file
-    records = read_jsonl(train_file)
+    given = read_hub_splits(data) if is_hub_id(data.dataset) else {}  # hf:ORG/NAME brings the splits it has
+    train_file = PACKAGED_DATASETS[data.dataset] if data.dataset and not is_hub_id(data.dataset) else (data.train_file or data.dataset)
+    records = given.pop("train", None) or read_records(train_file, data)
     cut = {}
-    if not data.validation_file:
+    if not data.validation_file and "validation" not in given:
         cut["validation"] = data.validation_fraction
-    if not data.test_file:
+    if not data.test_file and "test" not in given:
         cut["test"] = data.test_fraction
     splits = split_by_hash(records, cut)
+    splits.update(given)
     if data.validation_file:
-        splits["validation"] = read_jsonl(data.validation_file)
+        splits["validation"] = read_records(data.validation_file, data)
     if data.test_file:
-        splits["test"] = read_jsonl(data.test_file)
+        splits["test"] = read_records(data.test_file, data)
     return _non_empty(splits, {"train": train_file, "validation": data.validation_file or train_file,
                                "test": data.test_file or train_file})
 
@@ -132,3 +111,8 @@ def _non_empty(splits: dict[str, list[dict]], files: dict) -> dict[str, list[dic
                              f"{files[name]}: no records left for training after the held-out splits; add records "
                              "or lower data.validation_fraction / data.test_fraction")
     return splits
+
+
+def read_records(path, data) -> list[dict]:
+    """A data file by its suffix: .json / .csv / .parquet through `datasets` (with data.columns), else JSONL."""
+    return read_table_file(path, data.columns) if is_table_file(path) else read_jsonl(path)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from trainers.atomic import write_json_atomic
+from trainers.hub import set_portable_base
 from trainers.optim import build_optimizer
 
 ADAPTER_META = "dyrank_adapter.json"  # what dyrank needs beside a PEFT adapter (ranks, method); plain PEFT ignores it
@@ -44,6 +45,7 @@ class TrainingMethod:
         """A PEFT adapter in safetensors plus dyrank's meta (the ranks it serves); override to save otherwise."""
         a = job.adapter
         model.save_pretrained(out_dir, safe_serialization=True)
+        set_portable_base(out_dir, job.model.source)  # a base id that means the same elsewhere, not a cache path
         rank = self.spec.full_rank(a)
         r_min = a.r_min if self.spec.rank_dynamic else rank
         write_adapter_meta(out_dir, {"method": self.name, "dynamic": self.spec.rank_dynamic, "r_min": r_min,

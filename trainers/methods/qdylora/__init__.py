@@ -10,6 +10,7 @@ The stable public API, for dyrank and for other training loops:
     sampler = RankSampler(r_min, r_max, seed)  # b ~ Uniform{r_min..r_max}, checkpointable
     set_active_rank(peft_model, sampler.sample())   # once per optimizer step: A[:b], B[:, :b], alpha / b
     export_rank(adapter_dir, b, out_dir)       # a plain PEFT adapter of rank b
+    merge_at_rank(peft_model, b)               # the base with exactly the rank-b update merged in
 
 Under a Hugging Face / TRL Trainer instead of dyrank's loop (trainers/methods/qdylora/callback.py):
 
@@ -30,6 +31,7 @@ _API = {
     "export_rank": "trainers.methods.qdylora.model",
     "exportable_ranks": "trainers.methods.qdylora.model",
     "get_active_rank": "trainers.methods.qdylora.model",
+    "merge_at_rank": "trainers.methods.qdylora.merge",
     "set_active_rank": "trainers.methods.qdylora.model",
 }
 __all__ = sorted(_API)

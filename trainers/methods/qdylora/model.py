@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from trainers.adapters import ADAPTER_WEIGHTS, lora_layers
 from trainers.methods.base import read_adapter_meta
 from trainers.methods.qdylora.layer import RankTruncatedLinear
+from trainers.methods.qdylora.merge import refuse_full_rank_merge
 
 
 def attach_dynamic_rank(model, update_mode: str = "cumulative", adapter: str = "default") -> int:
@@ -20,6 +21,7 @@ def attach_dynamic_rank(model, update_mode: str = "cumulative", adapter: str = "
         if not isinstance(layer.lora_A[adapter], RankTruncatedLinear):
             layer.lora_A[adapter] = RankTruncatedLinear(layer.lora_A[adapter], rank_dim=0, update_mode=update_mode)
             layer.lora_B[adapter] = RankTruncatedLinear(layer.lora_B[adapter], rank_dim=1, update_mode=update_mode)
+            refuse_full_rank_merge(layer, adapter)  # PEFT's merge would scale the full B @ A by alpha / b
         count += 1
     if count == 0:
         raise ValueError("the model has no LoRA layers to make dynamic")
