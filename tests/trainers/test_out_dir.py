@@ -35,7 +35,7 @@ def test_export_refuses_a_non_empty_folder_unless_forced_and_then_replaces_it_wh
         export_adapter(run, 2, out)
     assert (out / "mine.txt").read_text() == "keep me"
     export_adapter(run, 2, out, force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r2", "run"]
 
 
