@@ -44,11 +44,23 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
                                 max_new_tokens)
 
 
+def _ensure_working_folder(fallback: Path) -> None:
+    """MLflow's save_model reads the current folder (Path.cwd()). Under `ray job submit` the entrypoint runs in the
+    job's uploaded working folder, which Ray may clean up once the job's actors are gone (seen on Ray 2.60): the
+    process is left in a deleted folder and every cwd lookup fails. Move to a folder that exists only then."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        fallback.mkdir(parents=True, exist_ok=True)
+        os.chdir(fallback)
+
+
 def save_adapter_model(adapter_dir: Path, dst: Path, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> Path:
     """An MLflow pyfunc model folder at `dst` holding the exported adapter (`adapter_dir`) as an artifact."""
     pins = [f"{name}=={metadata.version(name)}" for name in ("torch", "transformers", "peft", "mlflow")]
     quiet = os.environ.get(PROGRESS_BAR)
     os.environ[PROGRESS_BAR] = "false"  # it copies the adapter in as an "artifact download": no bar in the CLI's output
+    _ensure_working_folder(Path(dst).parent)
     try:
         mlflow.pyfunc.save_model(str(dst), python_model=str(ENTRY), artifacts={"adapter": str(adapter_dir)},
                                  model_config={"max_new_tokens": max_new_tokens}, pip_requirements=["dyrank", *pins])

@@ -382,7 +382,7 @@ def _execute(cfg, tracker: Tracker, parent_id: str, on_event, step_sink=None,
         reason = f"{type(exc).__name__}: {exc}"
         tracker.fail(parent_id, reason)
         if isinstance(exc, OSError):  # a full disk, a permission: FAILED with the reason, one line for the CLI
-            raise PipelineError(f"pipeline run {parent_id} failed: {reason}") from None
+            raise PipelineError(f"pipeline run {parent_id} failed: {reason}") from exc  # --debug shows where
         raise
     finally:
         if pipeline is not None:
