@@ -93,8 +93,15 @@ def connect(address: str | None = None) -> None:
             # "local" starts a fresh private cluster, never silently joining one left running.
             temp_dir = private_cluster_auth()
             _single_machine_mode(True)
-            ray.init(address="local", _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK, include_dashboard=False,
-                     log_to_driver=False, _temp_dir=str(temp_dir))
+            try:
+                ray.init(address="local", _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK, include_dashboard=False,
+                         log_to_driver=False, _temp_dir=str(temp_dir))
+            finally:
+                # The private cluster's processes have it in their environment now; anything this process starts
+                # later (another `ray start`, a job) must not inherit loopback-only mode.
+                from ray._private import ray_constants
+
+                os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RayConnectError(f"cannot reach Ray at {address or 'local'}: {first_line}") from None

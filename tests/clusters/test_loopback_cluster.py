@@ -11,7 +11,6 @@ Everything started here is stopped by PID: Ray nodes, the MLflow server, the Pos
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import os
 import subprocess
 import time
@@ -59,7 +58,7 @@ def submit(cluster: RayCluster, name: str, **popen) -> subprocess.Popen:
     runtime_env = {"env_vars": {"DYRANK_HOME": os.environ["DYRANK_HOME"]}}
     return subprocess.Popen(
         [str(BIN / "ray"), "job", "submit", "--address", cluster.address, "--working-dir", str(REPO),
-         "--runtime-env-json", json.dumps(runtime_env), "--", *PIPELINE[:1], "--debug", *PIPELINE[1:], "--set", f"name={name}"],
+         "--runtime-env-json", json.dumps(runtime_env), "--", *PIPELINE, "--set", f"name={name}"],
         env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
     )
 
@@ -111,7 +110,6 @@ def pipeline_through_an_outage(deployment):
     finally:
         if job.poll() is None:
             job.kill()
-    Path("/tmp/job_out.txt").write_text(out)
     assert job.returncode == 0 and "succeeded" in out, out[-4000:]
     return {"out": out, "down": down, "up": up, "finished_while_down": finished_while_down,
             "runs": experiment_runs("loopback"), "nodes": cluster.nodes_info()}

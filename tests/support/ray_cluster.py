@@ -26,7 +26,8 @@ class RayCluster:
         self.temp = Path("/tmp") / f"ray-{os.getpid()}-{uuid.uuid4().hex[:6]}"  # short: unix socket paths are limited
         token = token_dir / "ray_token"  # token auth on, with a token of the cluster's own (never ~/.ray's)
         token.write_text(uuid.uuid4().hex)
-        self.env = {**os.environ, "RAY_TMPDIR": str(self.temp), "PATH": f"{BIN}:{os.environ['PATH']}",
+        inherited = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}  # a real cluster
+        self.env = {**inherited, "RAY_TMPDIR": str(self.temp), "PATH": f"{BIN}:{os.environ['PATH']}",
                     "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
         self.env.pop("RAY_ADDRESS", None)
         self.nodes: list[subprocess.Popen] = []
