@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trainers.safe_yaml import YamlError, YamlSyntaxError, load_yaml
