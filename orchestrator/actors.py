@@ -19,7 +19,7 @@ import torch
 
 from orchestrator.messages import EvalResult, Placement, TrainingReply
 from orchestrator.provenance import provenance_tags
-from trainers.atomic import read_jsonl, write_atomic
+from trainers.atomic import read_jsonl_log, write_atomic
 from trainers.config import JobConfig
 
 
@@ -98,7 +98,7 @@ class Trainer(_Worker):
 
         started = time.time()
         result = train(self.cfg, out_dir, on_step=_step_hook(step_sink), progress=False)
-        rows = read_jsonl(Path(out_dir) / METRICS_FILE)  # a torn last line (a kill mid-write) is dropped, not fatal
+        rows = read_jsonl_log(Path(out_dir) / METRICS_FILE)  # a torn last line (a kill mid-write) is dropped, not fatal
         artifacts = Path(out_dir) / ARTIFACTS_FILE
         reply = TrainingReply(
             placement=_placement(), start=started, end=time.time(), steps=result.steps, final_loss=result.final_loss,

@@ -64,7 +64,7 @@ def write_json_atomic(path: str | Path, obj, indent: int | None = 2) -> Path:
     return write_atomic(path, json.dumps(obj, indent=indent) + "\n")
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_jsonl_log(path: str | Path) -> list[dict]:
     """The rows of a JSON-lines log. A last line that does not parse (a kill mid-write) is dropped with a
     warning; a bad line anywhere else is real corruption and raises."""
     path = Path(path)

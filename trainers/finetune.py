@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from trainers import checkpoint as ckpt
-from trainers.atomic import fsync_tree, read_jsonl, write_atomic, write_json_atomic
+from trainers.atomic import fsync_tree, read_jsonl_log, write_atomic, write_json_atomic
 from trainers.batching import BatchSchedule, collate, encode_all
 from trainers.config import JobConfig
 from trainers.costs import TrainingCosts
@@ -87,7 +87,7 @@ class FinetuneRecipe:
         and a last line torn by a kill mid-write (dropped with a warning)."""
         path = self.out_dir / METRICS_FILE
         if path.exists():
-            kept = [row for row in read_jsonl(path) if row["step"] <= step]
+            kept = [row for row in read_jsonl_log(path) if row["step"] <= step]
             write_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))
 
     # ---- train -------------------------------------------------------------------------------------

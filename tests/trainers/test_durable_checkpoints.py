@@ -105,7 +105,7 @@ def test_corrupt_line_inside_a_log_is_an_error(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
     with pytest.raises(ValueError, match="line 2 is not JSON"):
-        atomic.read_jsonl(path)
+        atomic.read_jsonl_log(path)
 
 
 def test_summary_write_hit_by_a_full_disk_leaves_the_old_file_whole(tmp_path, monkeypatch):
