@@ -25,7 +25,8 @@ def prepare_base(model, gradient_checkpointing: bool = True):
 
 
 def attach_lora(model, *, rank: int, alpha: float, dropout: float, target_modules, dynamic: bool = False,
-                update_mode: str = "cumulative", gradient_checkpointing: bool = True, **lora_options):
+                update_mode: str = "cumulative", rank_application: str = "slice", gradient_checkpointing: bool = True,
+                **lora_options):
     """QLoRA recipe on a k-bit base, then a rank-`rank` PEFT LoRA on the targets (extra LoraConfig options pass
     through, e.g. use_rslora); with `dynamic`, every LoRA layer becomes rank-truncatable (QDyLoRA) at full rank."""
     model = prepare_base(model, gradient_checkpointing)
@@ -35,7 +36,7 @@ def attach_lora(model, *, rank: int, alpha: float, dropout: float, target_module
     if dynamic:
         from trainers.methods.qdylora.model import attach_dynamic_rank, set_active_rank  # it builds on this module
 
-        attach_dynamic_rank(peft_model, update_mode=update_mode)
+        attach_dynamic_rank(peft_model, update_mode=update_mode, application=rank_application)
         set_active_rank(peft_model, rank)
     return peft_model
 

@@ -89,6 +89,11 @@ class AdapterConfig(Section):
         "cumulative",
         description="qdylora gradients: cumulative = all ranks <= b learn each step; frozen = only rank b (DyLoRA paper).",
     )
+    rank_application: Literal["auto", "slice", "mask"] = Field(
+        "auto", description="qdylora/dylora: how the sampled rank b is applied. slice = A[:b], B[:, :b] (fewer FLOPs, "
+        "new shapes each step); mask = full factors times a rank mask (QLoRA r_max's shapes every step: no recompiles "
+        "under torch.compile/CUDA graphs); auto = slice on the CPU, mask on a GPU (docs/benchmarks.md, G1/P1).",
+    )
 
     @field_validator("method")
     @classmethod

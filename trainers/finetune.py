@@ -32,7 +32,8 @@ from trainers.memory import PeakMemory, folder_bytes
 from trainers.methods import make_trainer
 from trainers.methods.base import trainable_params
 from trainers.methods.qdylora import RankSampler, set_active_rank
-from trainers.models import base_dtype, default_device, load_base_model, load_tokenizer, quant_settings, resolve_base
+from trainers.models import (base_dtype, default_device, load_base_model, load_tokenizer, quant_settings, resolve_base,
+                             resolve_compute_dtype)
 
 ADAPTER_DIR, METRICS_FILE, CHECKPOINT_DIR, SUMMARY_FILE = "adapter", "metrics.jsonl", "checkpoints", "train_summary.json"
 ARTIFACTS_FILE = "method_artifacts.json"
@@ -72,6 +73,11 @@ class FinetuneRecipe:
         self.train_examples = encode_all(splits["train"], self.tokenizer, cfg.data.max_seq_len, cfg.data.packing)
         self.schedule = BatchSchedule(len(self.train_examples), t.batch_size, t.seed)
         self.optimizer = self.method.build_optimizer(self.model, cfg)
+        # Mixed precision as a standard QLoRA recipe runs it (Trainer's bf16=True / fp16=True): the forward, the
+        # LoRA branch, lm_head and loss under autocast in the compute dtype, adapter weights and optimizer states
+        # in fp32; fp16 (GPUs without bf16, e.g. the V100) adds loss scaling so small gradients do not flush to 0.
+        self.compute_dtype = resolve_compute_dtype(cfg.quantization.compute_dtype)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.compute_dtype == torch.float16)
         self.scheduler = get_scheduler(
             "constant_with_warmup" if t.lr_scheduler == "constant" else t.lr_scheduler, self.optimizer,
             num_warmup_steps=math.ceil(t.warmup_ratio * t.max_steps), num_training_steps=t.max_steps,
@@ -101,14 +107,17 @@ class FinetuneRecipe:
         for micro in range(t.grad_accum_steps):
             ids = self.schedule.indices(step * t.grad_accum_steps + micro)
             batch = collate([self.train_examples[i] for i in ids], self.tokenizer.pad_token_id)
-            loss = self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss / t.grad_accum_steps
-            loss.backward()
+            with self.autocast():
+                loss = self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss / t.grad_accum_steps
+            self.scaler.scale(loss).backward()
             total += loss.item()
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients (a no-op without fp16 loss scaling)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad], t.max_grad_norm
         )
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped (and the scale lowered) if fp16 gradients overflowed
+        self.scaler.update()
         self.method.after_optimizer_step(self.model, step + 1)  # AdaLoRA: after step(), before zero_grad()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -116,6 +125,11 @@ class FinetuneRecipe:
             torch.cuda.synchronize(self.device)  # so the step time is the step's, not the launch's
         return {"step": step + 1, "train_loss": total, "rank": rank, "lr": lr, "grad_norm": float(grad_norm),
                 "step_seconds": time.perf_counter() - started}
+
+    def autocast(self):
+        """The forward's mixed-precision context: autocast to the compute dtype, off when that is fp32."""
+        return torch.autocast(self.device.type, dtype=self.compute_dtype,
+                              enabled=self.compute_dtype != torch.float32)
 
     def train(self) -> TrainResult:
         t = self.cfg.training

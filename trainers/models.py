@@ -60,12 +60,19 @@ def default_device() -> torch.device:
 
 
 def resolve_compute_dtype(name: str) -> torch.dtype:
-    """auto: bf16 where the device has it (Ampere+ GPUs, CPUs); fp16 on GPUs without bf16 such as the V100."""
+    """auto: bf16 where the device runs it natively (Ampere+ GPUs; CPUs with AVX512-BF16 or AMX); fp16 on GPUs
+    without bf16 such as the V100; fp32 on other CPUs (they would emulate bf16, slower than fp32)."""
     if name != "auto":
         return getattr(torch, name)
-    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def cpu_has_native_bf16() -> bool:
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def _atomic_build(target: Path, build) -> Path:

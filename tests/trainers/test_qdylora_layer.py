@@ -70,7 +70,7 @@ def test_scaling_and_active_rank_are_set_in_every_layer(dynamic_model):
 def test_truncation_is_a_view_not_a_copy(dynamic_model):
     set_active_rank(dynamic_model, 3)
     factor = next(m for m in dynamic_model.modules() if isinstance(m, RankTruncatedLinear))
-    view = factor.truncated_weight()
+    view = factor.used_weight()
     assert view.data_ptr() == factor.weight.data_ptr()
     assert view.shape[factor.rank_dim] == 3
 
@@ -81,11 +81,12 @@ def test_rank_out_of_range_is_rejected(dynamic_model, rank):
         set_active_rank(dynamic_model, rank)
 
 
+@pytest.mark.parametrize("application", ["slice", "mask"])
 @pytest.mark.parametrize("mode", ["cumulative", "frozen"])
-def test_gradients_reach_only_the_ranks_the_mode_allows(mode):
+def test_gradients_reach_only_the_ranks_the_mode_allows(mode, application):
     torch.manual_seed(0)
     model = _lora(R_MAX)
-    attach_dynamic_rank(model, update_mode=mode)
+    attach_dynamic_rank(model, update_mode=mode, application=application)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:

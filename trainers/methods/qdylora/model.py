@@ -14,13 +14,15 @@ from trainers.methods.qdylora.layer import RankTruncatedLinear
 from trainers.methods.qdylora.merge import refuse_full_rank_merge
 
 
-def attach_dynamic_rank(model, update_mode: str = "cumulative", adapter: str = "default") -> int:
-    """Make every LoRA layer of a PEFT model rank-truncatable; returns how many layers were converted."""
+def attach_dynamic_rank(model, update_mode: str = "cumulative", adapter: str = "default",
+                        application: str = "slice") -> int:
+    """Make every LoRA layer of a PEFT model rank-truncatable (by `application`: slice or mask, layer.py);
+    returns how many layers were converted."""
     count = 0
     for layer in lora_layers(model, adapter):
         if not isinstance(layer.lora_A[adapter], RankTruncatedLinear):
-            layer.lora_A[adapter] = RankTruncatedLinear(layer.lora_A[adapter], rank_dim=0, update_mode=update_mode)
-            layer.lora_B[adapter] = RankTruncatedLinear(layer.lora_B[adapter], rank_dim=1, update_mode=update_mode)
+            layer.lora_A[adapter] = RankTruncatedLinear(layer.lora_A[adapter], 0, update_mode, application)
+            layer.lora_B[adapter] = RankTruncatedLinear(layer.lora_B[adapter], 1, update_mode, application)
             refuse_full_rank_merge(layer, adapter)  # PEFT's merge would scale the full B @ A by alpha / b
         count += 1
     if count == 0:
@@ -29,13 +31,16 @@ def attach_dynamic_rank(model, update_mode: str = "cumulative", adapter: str = "
 
 
 def set_active_rank(model, rank: int, adapter: str = "default") -> None:
-    """Use A[:rank], B[:, :rank] and scaling alpha/rank in every layer, until the next call."""
+    """Use A[:rank], B[:, :rank] and scaling alpha/rank in every layer, until the next call (in mask mode the
+    scale alpha/rank sits in A's rank mask and PEFT's scaling is 1)."""
     for layer in lora_layers(model, adapter):
         a, b = layer.lora_A[adapter], layer.lora_B[adapter]
         if not 1 <= rank <= a.max_rank:
             raise ValueError(f"rank {rank} is outside 1..{a.max_rank}")
-        a.active_rank = b.active_rank = rank
-        layer.scaling[adapter] = layer.lora_alpha[adapter] / rank
+        alpha = layer.lora_alpha[adapter]
+        a.set_rank(rank, alpha)
+        b.set_rank(rank, alpha)
+        layer.scaling[adapter] = 1.0 if a.application == "mask" else alpha / rank
 
 
 def get_active_rank(model, adapter: str = "default") -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from trainers.adapters import attach_lora
 from trainers.methods.base import TrainingMethod
+from trainers.methods.qdylora.layer import resolve_rank_application
 
 
 class LoraMethod(TrainingMethod):
@@ -12,4 +13,5 @@ class LoraMethod(TrainingMethod):
         a = job.adapter
         return attach_lora(base, rank=self.spec.full_rank(a), alpha=a.alpha, dropout=a.dropout,
                            target_modules=a.target_modules, dynamic=self.spec.rank_dynamic, update_mode=a.update_mode,
+                           rank_application=resolve_rank_application(a.rank_application, base.device),
                            gradient_checkpointing=job.training.gradient_checkpointing)
