@@ -5,6 +5,8 @@ from __future__ import annotations
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from peft.tuners.lora import LoraLayer
 
+from trainers.dropout import use_uniform_dropout
+
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's file name for an adapter's weights
 
 
@@ -33,6 +35,7 @@ def attach_lora(model, *, rank: int, alpha: float, dropout: float, target_module
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         bias="none", task_type="CAUSAL_LM", **lora_options)
     peft_model = get_peft_model(model, config)
+    use_uniform_dropout(peft_model)  # nn.Dropout's distribution, drawn faster (trainers/dropout.py)
     if dynamic:
         from trainers.methods.qdylora.model import attach_dynamic_rank, set_active_rank  # it builds on this module
 

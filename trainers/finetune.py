@@ -108,7 +108,8 @@ class FinetuneRecipe:
             ids = self.schedule.indices(step * t.grad_accum_steps + micro)
             batch = collate([self.train_examples[i] for i in ids], self.tokenizer.pad_token_id)
             with self.autocast():
-                loss = self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss / t.grad_accum_steps
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                loss = self.method.training_loss(self.model, batch) / t.grad_accum_steps
             self.scaler.scale(loss).backward()
             total += loss.item()
         self.scaler.unscale_(self.optimizer)  # clip the true gradients (a no-op without fp16 loss scaling)

@@ -25,6 +25,10 @@ class AdaLoraMethod(TrainingMethod):
         )
         return get_peft_model(base, config)
 
+    def training_loss(self, model, batch: dict):
+        """The model's own loss: AdaLoRA's forward adds its orthogonality regulariser to it."""
+        return model(**batch).loss
+
     def after_optimizer_step(self, model, step: int) -> None:
         # 1-based: the last step equals total_step - tfinal when tfinal is 0, which fixes the final budget
         model.base_model.update_and_allocate(step)
