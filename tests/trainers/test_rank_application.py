@@ -23,9 +23,9 @@ def _dynamic(application: str):
                                             task_type="CAUSAL_LM"))
     attach_dynamic_rank(model, application=application)
     with torch.no_grad():  # PEFT starts B at zero, which would make every rank look the same
-        for name, p in model.named_parameters():
+        for index, (name, p) in enumerate(model.named_parameters()):
             if "lora_B" in name:
-                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(hash(name) % 2**31))
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(index))
     return model
 
 
@@ -50,7 +50,9 @@ def test_mask_gives_the_slices_logits_and_gradients(pair, rank):
     torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-4, msg=name)
+        # the same sums in another order (scale before B instead of after): fp32 rounding, relative to the layer's size
+        scale = grads[0][name].abs().max().item()
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-4 * scale, rtol=1e-4, msg=name)
 
 
 def test_mask_keeps_full_shapes_and_rewrites_its_scale_in_place(pair):
