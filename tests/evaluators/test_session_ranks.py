@@ -106,3 +106,14 @@ def test_lm_head_sees_only_completion_positions(tiny_run):
     finally:
         hook.remove()
     assert sum(rows) == a.metrics["eval_tokens"] + b.metrics["eval_tokens"]
+
+
+def test_ranks_per_forward_is_validated_and_defaults_by_device(tiny_run):
+    from tests.conftest import tiny_job
+    from trainers.config_base import ConfigError
+
+    with pytest.raises(ConfigError, match=r"evaluation\.ranks_per_forward"):
+        tiny_job("evaluation.ranks_per_forward=0")
+    session = _session(tiny_run)
+    assert tiny_run.cfg.evaluation.ranks_per_forward is None
+    assert session.ranks_per_forward() == session_module.RANKS_PER_FORWARD_DEFAULT["cpu"] == 1

@@ -1,0 +1,46 @@
+"""What the evaluation benchmarks (multirank_eval.py, p3_eval_arms.py) share: a job config from a YAML
+(`--smoke`: examples/tiny.yaml, the tiny random preset, seconds on a CPU), and a trained-looking dynamic
+adapter of that config saved to a folder, so every arm scores the same adapter through real code paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from _common import REPO, randomize_lora_b
+
+from trainers.adapters import attach_lora  # noqa: E402
+from trainers.config import JobConfig, load_job_config  # noqa: E402
+from trainers.methods.base import write_adapter_meta  # noqa: E402
+from trainers.models import base_dtype, load_base_model, quant_settings, resolve_base  # noqa: E402
+
+PIPELINE_SECTIONS = ("selection", "baselines", "tracking", "resources")
+SMOKE_CONFIG = REPO / "examples" / "tiny.yaml"
+SMOKE_OVERRIDES = ["evaluation.max_samples=16", "evaluation.batch_size=8"]
+
+
+def add_config_arguments(parser, default_config: str) -> None:
+    parser.add_argument("--config", default=default_config, help="a dyrank YAML (pipeline sections are ignored)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
+    parser.add_argument("--smoke", action="store_true", help="examples/tiny.yaml on the tiny random preset: seconds")
+
+
+def job_from_arguments(args) -> JobConfig:
+    config, overrides = (SMOKE_CONFIG, SMOKE_OVERRIDES + args.set) if args.smoke else (args.config, args.set)
+    return load_job_config(config, overrides, ignore_sections=PIPELINE_SECTIONS)
+
+
+def save_dynamic_adapter(cfg: JobConfig, folder: Path, b_std: float = 0.02) -> Path:
+    """A rank-r_max QDyLoRA adapter on cfg's base, lora_B drawn at random (PEFT starts it at zero, which would
+    make every rank the same model), saved as training saves one."""
+    torch.manual_seed(0)
+    base = load_base_model(resolve_base(cfg.model.source), quant_settings(cfg), base_dtype(cfg))
+    a = cfg.adapter
+    model = attach_lora(base, rank=a.r_max, alpha=a.alpha, dropout=0.0, target_modules=a.target_modules,
+                        dynamic=True, gradient_checkpointing=False)
+    randomize_lora_b(model, b_std)
+    model.save_pretrained(folder)
+    write_adapter_meta(folder, {"method": "qdylora", "dynamic": True, "r_min": a.r_min, "r_max": a.r_max,
+                                "lora_alpha": a.alpha})
+    return folder
