@@ -18,12 +18,19 @@ from trainers.models import base_dtype, load_base_model, quant_settings, resolve
 PIPELINE_SECTIONS = ("selection", "baselines", "tracking", "resources")
 SMOKE_CONFIG = REPO / "examples" / "tiny.yaml"
 SMOKE_OVERRIDES = ["evaluation.max_samples=16", "evaluation.batch_size=8"]
+# lora_B's spread: large enough on the tiny preset that neighbouring ranks' losses differ by far more than the
+# arms' rounding, so a wrong rank in any arm shows; small on a real base, where it stands for a trained adapter.
+B_STD = {"smoke": 0.2, "real": 0.02}
 
 
 def add_config_arguments(parser, default_config: str) -> None:
     parser.add_argument("--config", default=default_config, help="a dyrank YAML (pipeline sections are ignored)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     parser.add_argument("--smoke", action="store_true", help="examples/tiny.yaml on the tiny random preset: seconds")
+
+
+def b_std(args) -> float:
+    return B_STD["smoke" if args.smoke else "real"]
 
 
 def job_from_arguments(args) -> JobConfig:

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from _common import parser, spread, stamp, timed, write_result
-from _eval_bench import add_config_arguments, job_from_arguments, save_dynamic_adapter
+from _eval_bench import add_config_arguments, b_std, job_from_arguments, save_dynamic_adapter
 
 from evaluators.session import EvalSession  # noqa: E402
 
@@ -39,7 +39,7 @@ def main() -> None:
     if 1 not in sizes:
         sizes.insert(0, 1)
     with tempfile.TemporaryDirectory() as tmp:
-        adapter = save_dynamic_adapter(cfg, Path(tmp) / "adapter")
+        adapter = save_dynamic_adapter(cfg, Path(tmp) / "adapter", b_std(args))
         session = EvalSession(cfg)
         session.attach_adapter_dir(adapter)
 
