@@ -1,6 +1,7 @@
 """What the evaluation benchmarks (multirank_eval.py, p3_eval_arms.py) share: a job config from a YAML
-(`--smoke`: examples/tiny.yaml, the tiny random preset, seconds on a CPU), and a trained-looking dynamic
-adapter of that config saved to a folder, so every arm scores the same adapter through real code paths."""
+(`--smoke`: examples/tiny.yaml, the tiny random preset, seconds on a CPU), a trained-looking dynamic adapter
+of that config saved to a folder, so every arm scores the same adapter through real code paths, and the loss a
+user computes with plain transformers (hf_loss)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from _common import REPO, randomize_lora_b
 
 from trainers.adapters import attach_lora  # noqa: E402
+from trainers.batching import IGNORE_INDEX, eval_batches  # noqa: E402
 from trainers.config import JobConfig, load_job_config  # noqa: E402
 from trainers.methods.base import write_adapter_meta  # noqa: E402
 from trainers.models import base_dtype, load_base_model, quant_settings, resolve_base  # noqa: E402
@@ -51,3 +53,15 @@ def save_dynamic_adapter(cfg: JobConfig, folder: Path, b_std: float = 0.02) -> P
     write_adapter_meta(folder, {"method": "qdylora", "dynamic": True, "r_min": a.r_min, "r_max": a.r_max,
                                 "lora_alpha": a.alpha})
     return folder
+
+
+@torch.inference_mode()
+def hf_loss(model, examples: list[dict], pad_id: int, batch_size: int) -> float:
+    """Token-weighted completion loss the way a user gets it: HF's own `labels=` loss (full logits)."""
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for batch in eval_batches(examples, batch_size, pad_id):
+        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        total, tokens = total + float(loss) * n, tokens + n
+    return total / tokens

@@ -24,30 +24,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from peft import PeftModel
 
 from _common import free_cuda_cache, parser, spread, stamp, timed, write_result
-from _eval_bench import add_config_arguments, b_std, job_from_arguments, save_dynamic_adapter
+from _eval_bench import add_config_arguments, b_std, hf_loss, job_from_arguments, save_dynamic_adapter
 
 from evaluators.session import EvalSession  # noqa: E402
-from trainers.batching import IGNORE_INDEX, eval_batches  # noqa: E402
 from trainers.export import export_adapter  # noqa: E402
 from trainers.models import base_dtype, dequantize_once, load_base_model, quant_settings, resolve_base  # noqa: E402
 
 RANKS = [1, 2, 4, 8, 16, 32, 48, 64]
-
-
-@torch.inference_mode()
-def hf_loss(model, examples: list[dict], pad_id: int, batch_size: int) -> float:
-    """Token-weighted completion loss the way a user gets it: HF's own `labels=` loss (full logits)."""
-    device = next(model.parameters()).device
-    total, tokens = 0.0, 0
-    for batch in eval_batches(examples, batch_size, pad_id):
-        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-        total, tokens = total + float(loss) * n, tokens + n
-    return total / tokens
 
 
 def main() -> None:
