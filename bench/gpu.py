@@ -1,12 +1,10 @@
-"""P1 and P3 on a GPU; they need only trainers/ and evaluators/ (no Ray, MLflow or pydantic on the GPU box).
+"""P1 on a GPU; it needs only trainers/ (no Ray, MLflow or pydantic on the GPU box). P3 is bench/p3_eval_arms.py.
 
     python3 bench/gpu.py --out bench/results/gpu.json          # on a CUDA machine
     python3 bench/gpu.py --tiny --out /tmp/gpu-smoke.json      # smoke test on the CPU
 
 P1  step-time ratio: QDyLoRA step (r_max 64, rank sampled per step) / QLoRA step at r 64, same NF4 base,
     batch and sequence length; >= 30 interleaved steps each, median and spread.
-P3  sweep ratio: the evaluator's sweep (one NF4 load, set_active_rank per rank) / a naive sweep that exports
-    each rank and loads it with plain PEFT on a fresh NF4 base, over 8 ranks; interleaved repeats.
 Models are SmolLM2-135M's shape with random weights (built from a config, nothing downloaded).
 """
 
@@ -19,16 +17,12 @@ from pathlib import Path
 
 import torch
 
-from _common import (Pad, free_cuda_cache, header, lm_step, parser, random_examples, randomize_lora_b, save_random_base,
+from _common import (header, lm_step, parser, save_random_base,
                      spread, timed, tiny_or_smollm2, write_result)
 
-from evaluators.metrics import evaluate  # noqa: E402
-from evaluators.sweep import RankSweep, load_adapter  # noqa: E402
 from trainers.adapters import attach_lora  # noqa: E402
 from trainers.models import QuantSettings, default_device, load_base_model  # noqa: E402
 from trainers.optim import build_optimizer  # noqa: E402
-from trainers.methods.base import write_adapter_meta  # noqa: E402
-from trainers.export import export_adapter  # noqa: E402
 from trainers.methods.qdylora import RankSampler, set_active_rank  # noqa: E402
 
 
@@ -67,46 +61,6 @@ def p1_step_ratio(base: Path, steps: int, batch: int, seq: int, r: int = 64) -> 
             "ratio_at_rmax": statistics.median(times["qdylora_at_rmax"]) / qlora, "batch": batch, "seq": seq, "r": r}
 
 
-def p3_sweep_ratio(base: Path, work: Path, ranks: list[int], n_examples: int, seq: int, repeats: int) -> dict:
-    # A trained-looking adapter: random B, so ranks differ (PEFT starts B at zero).
-    torch.manual_seed(0)
-    model = attach_lora(load_base_model(base, QuantSettings()), rank=64, alpha=16, dropout=0.0,
-                        target_modules="all-linear", dynamic=True, gradient_checkpointing=False)
-    randomize_lora_b(model, 0.01)
-    adapter = work / "adapter"
-    model.save_pretrained(adapter)
-    write_adapter_meta(adapter, {"method": "qdylora", "dynamic": True, "r_min": 1, "r_max": 64, "lora_alpha": 16})
-    del model
-    examples = random_examples(n_examples, seq)
-
-    def ours() -> list[float]:
-        sweep = RankSweep(base, adapter, examples, quant=QuantSettings(), tokenizer=Pad(), batch_size=8)
-        losses = [sweep.evaluate_rank(r)["eval_loss"] for r in ranks]
-        sweep.close()
-        return losses
-
-    def naive() -> list[float]:
-        losses = []
-        for r in ranks:
-            exported = export_adapter(adapter, r, work / f"r{r}", force=True)  # what `dyrank export` runs
-            model = load_adapter(base, exported, QuantSettings())
-            losses.append(evaluate(model, examples, Pad(), 8)["eval_loss"])
-            del model
-            free_cuda_cache()
-        return losses
-
-    times = {"ours": [], "naive": []}
-    for rep in range(repeats):
-        for name, fn in (("ours", ours), ("naive", naive)) if rep % 2 == 0 else (("naive", naive), ("ours", ours)):
-            losses, seconds = timed(fn)
-            times[name].append(seconds)
-            times.setdefault(f"{name}_losses", losses)
-    same = max(abs(a - b) / abs(b) for a, b in zip(times["ours_losses"], times["naive_losses"]))
-    ratio = statistics.median(times["ours"]) / statistics.median(times["naive"])
-    return {"ours_s": spread(times["ours"]), "naive_s": spread(times["naive"]), "ratio": ratio, "ranks": ranks,
-            "max_relative_loss_difference": same}
-
-
 def main() -> None:
     arguments = parser(tiny="tiny shape: a CPU smoke test of this script")
     arguments.add_argument("--steps", type=int, default=60)
@@ -117,9 +71,6 @@ def main() -> None:
         base = save_random_base(shape, Path(tmp) / "base")
         result["P1"] = p1_step_ratio(base, args.steps, batch=4 if args.tiny else 8, seq=64 if args.tiny else 512)
         print("P1", json.dumps(result["P1"]), flush=True)
-        result["P3"] = p3_sweep_ratio(base, Path(tmp), [1, 2, 4, 8, 16, 32, 48, 64], n_examples=16 if args.tiny else 64,
-                                      seq=64 if args.tiny else 256, repeats=3)
-        print("P3", json.dumps(result["P3"]), flush=True)
     write_result(result, args.out)
 
 

@@ -1,13 +1,14 @@
-"""An attempt to go past one forward per rank: score k ranks of one QDyLoRA adapter in one batched forward.
+"""Ranks per forward: EvalSession scoring one QDyLoRA adapter's ranks k at a time (evaluation.ranks_per_forward),
+against one forward per rank (k = 1), on the evaluators' own path (completion-only loss, one base load).
 
-    python3 bench/multirank_eval.py --out bench/results/multirank_eval.json           # GPU: SmolLM2 shape, random
-    python3 bench/multirank_eval.py --real --out bench/results/multirank_eval_cpu.json  # CPU: SmolLM2 + countries
+    python3 bench/multirank_eval.py --out bench/results/multirank_eval.json             # SmolLM2 + countries
+    python3 bench/multirank_eval.py --set model.source=/tmp/smollm2-random ... --out ...  # a random base (GPU box)
+    python3 bench/multirank_eval.py --smoke --out /tmp/multirank-smoke.json              # tiny preset, seconds
 
-How: the batch is repeated k times, block j for rank b_j. Every LoRA layer runs at r_max with PEFT's scaling set
-to 1, and a hook multiplies lora_A's output (rows, tokens, r_max) by a per-row mask holding alpha/b_j on the first
-b_j ranks and 0 after, which is exactly (alpha/b_j) * B[:, :b_j] A[:b_j] x for each block. The base matmuls do k
-times the work in one call instead of k calls: it can only win where a forward is launch- or overhead-bound.
-Compared with k sequential `set_active_rank` + `evaluate` passes; the losses must agree.
+How (trainers/methods/qdylora/multirank.py): the batch is repeated k times and a per-row mask after lora_A
+applies rank b_j and alpha / b_j to block j, so the base matmuls do k times the rows in one call instead of
+k calls. It can only win where a forward is launch- or overhead-bound; the losses must agree with k = 1.
+The result picks the default per device type (evaluators/session.py RANKS_PER_FORWARD_DEFAULT).
 """
 
 from __future__ import annotations
@@ -17,112 +18,53 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+from _common import parser, spread, stamp, timed, write_result
+from _eval_bench import add_config_arguments, b_std, job_from_arguments, save_dynamic_adapter
 
-from _common import (SMOLLM2_135M, Pad, header, parser, random_examples, randomize_lora_b, save_random_base, spread,
-                     timed, write_result)
+from evaluators.session import EvalSession  # noqa: E402
 
-from evaluators.metrics import evaluate  # noqa: E402
-from trainers.adapters import attach_lora  # noqa: E402
-from trainers.batching import IGNORE_INDEX, eval_batches  # noqa: E402
-from trainers.models import QuantSettings, dequantize_once, load_base_model  # noqa: E402
-from trainers.adapters import lora_layers  # noqa: E402
-from trainers.methods.qdylora import set_active_rank  # noqa: E402
-
-
-@torch.inference_mode()
-def multirank_losses(model, ranks: list[int], examples: list[dict], batch_size: int, alpha: float) -> dict[int, float]:
-    layers = list(lora_layers(model))
-    r_max = layers[0].lora_A["default"].max_rank
-    set_active_rank(model, r_max)
-    for layer in layers:
-        layer.scaling["default"] = 1.0
-    state = {}
-    hooks = [layer.lora_A["default"].register_forward_hook(lambda m, i, out: out * state["mask"]) for layer in layers]
-    device = next(model.parameters()).device
-    sums, counts = dict.fromkeys(ranks, 0.0), dict.fromkeys(ranks, 0)
-    try:
-        for batch in eval_batches(examples, batch_size, 0):
-            rows = batch["input_ids"].shape[0]
-            mask = torch.zeros(len(ranks) * rows, 1, r_max, device=device)
-            for j, b in enumerate(ranks):
-                mask[j * rows:(j + 1) * rows, :, :b] = alpha / b
-            state["mask"] = mask
-            k = len(ranks)
-            logits = model(input_ids=batch["input_ids"].to(device).repeat(k, 1),
-                           attention_mask=batch["attention_mask"].to(device).repeat(k, 1)).logits
-            labels = batch["labels"][:, 1:].to(device).repeat(k, 1)
-            losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
-                                     reduction="none")
-            for j, b in enumerate(ranks):
-                block = slice(j * rows, (j + 1) * rows)
-                sums[b] += float(losses[block].sum())
-                counts[b] += int((labels[block] != IGNORE_INDEX).sum())
-    finally:
-        for hook in hooks:
-            hook.remove()
-        set_active_rank(model, r_max)  # restores PEFT's scaling alpha/r_max
-    return {b: sums[b] / counts[b] for b in ranks}
+RANKS = [1, 2, 4, 8, 16, 32, 48, 64]
 
 
 def main() -> None:
     arguments = parser()
-    arguments.add_argument("--real", action="store_true", help="SmolLM2-135M-Instruct and countries (CPU)")
+    add_config_arguments(arguments, "examples/smollm2-countries.yaml")
     arguments.add_argument("--repeats", type=int, default=3)
+    arguments.add_argument("--group-sizes", default="1,2,4,8", help="the k values to compare (1 is the reference)")
     args = arguments.parse_args()
-    ranks = [1, 2, 4, 8, 16, 32, 48, 64]
-    tmp = tempfile.TemporaryDirectory()
-    if args.real:
-        from trainers.batching import encode_all
-        from trainers.datasets.splits import read_jsonl
-        from trainers.datasets import split_files
-        from trainers.models import load_tokenizer, resolve_base
+    cfg = job_from_arguments(args)
+    repeats = 1 if args.smoke else args.repeats
+    ranks = [r for r in RANKS if r <= cfg.adapter.r_max]
+    sizes = [int(k) for k in args.group_sizes.split(",")]
+    if 1 not in sizes:
+        sizes.insert(0, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = save_dynamic_adapter(cfg, Path(tmp) / "adapter", b_std(args))
+        session = EvalSession(cfg)
+        session.attach_adapter_dir(adapter)
 
-        base = resolve_base("smollm2-135m-instruct")
-        records = read_jsonl(split_files("countries")["validation"])[:64]
-        examples, batch_size = encode_all(records, load_tokenizer(base), max_seq_len=96), 16
-    else:
-        base = save_random_base(SMOLLM2_135M, Path(tmp.name) / "base")
-        examples, batch_size = random_examples(64, 256), 8
-    model = dequantize_once(load_base_model(base, QuantSettings()))
-    torch.manual_seed(0)
-    model = attach_lora(model, rank=64, alpha=16, dropout=0.0, target_modules="all-linear", dynamic=True,
-                        gradient_checkpointing=False).eval()
-    randomize_lora_b(model, 0.02)
+        def sweep(k: int) -> dict[int, float]:
+            session.cfg.evaluation.ranks_per_forward = k
+            return {s.rank: s.metrics["eval_loss"] for s in session.score_ranks("validation", ranks)}
 
-    def sequential():
-        out = {}
-        for b in ranks:
-            set_active_rank(model, b)
-            out[b] = evaluate(model, examples, Pad(), batch_size)["eval_loss"]
-        return out
-
-    def batched(group: int):
-        out = {}
-        for i in range(0, len(ranks), group):
-            out.update(multirank_losses(model, ranks[i:i + group], examples, batch_size, alpha=16))
-        return out
-
-    variants = {"sequential": sequential, "batched_2": lambda: batched(2), "batched_8": lambda: batched(8)}
-    times, losses = {k: [] for k in variants}, {}
-    for rep in range(args.repeats + 1):  # round 0 warms up
-        order = list(variants) if rep % 2 == 0 else list(reversed(variants))
-        for name in order:
-            losses[name], seconds = timed(variants[name])
-            if rep:
-                times[name].append(seconds)
-    result = header("bench/multirank_eval.py", "SmolLM2-135M-Instruct, countries" if args.real else "SmolLM2-135M random")
-    seq = statistics.median(times["sequential"])
-    result.update(ranks=ranks, examples=len(examples), batch_size=batch_size,
-                  seconds={k: spread(v) for k, v in times.items()},
-                  ratio_over_sequential={k: statistics.median(v) / seq for k, v in times.items()},
-                  max_relative_loss_difference={k: max(abs(losses[k][b] - losses["sequential"][b]) / losses["sequential"][b]
-                                                       for b in ranks) for k in variants},
+        times, losses = {k: [] for k in sizes}, {}
+        for rep in range(repeats + 1):  # round 0 warms up
+            for k in sizes if rep % 2 == 0 else list(reversed(sizes)):
+                losses[k], seconds = timed(lambda: sweep(k))
+                if rep:
+                    times[k].append(seconds)
+    one = statistics.median(times[1])
+    result = stamp("bench/multirank_eval.py", "torch", "transformers", "peft", config=str(args.config),
+                   smoke=args.smoke, model=cfg.model.source, ranks=ranks, examples=len(session.examples["validation"]),
+                   batch_size=cfg.evaluation.batch_size, device=str(next(session.model.parameters()).device))
+    result.update(seconds={k: spread(v) for k, v in times.items()},
+                  ratio_over_one_rank_per_forward={k: statistics.median(v) / one for k, v in times.items()},
+                  max_relative_loss_difference={k: max(abs(losses[k][b] - losses[1][b]) / losses[1][b] for b in ranks)
+                                                for k in sizes},
                   losses=losses)
-    print(json.dumps({k: result[k] for k in ("ratio_over_sequential", "max_relative_loss_difference")}), flush=True)
+    print(json.dumps({k: result[k] for k in ("ratio_over_one_rank_per_forward", "max_relative_loss_difference")}),
+          flush=True)
     write_result(result, args.out)
-    tmp.cleanup()
 
 
 if __name__ == "__main__":

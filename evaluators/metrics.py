@@ -6,22 +6,20 @@ decodes greedily and compares text, which is what a user of the adapter actually
 
 from __future__ import annotations
 
-import math
 import re
 import string
 
 import torch
-import torch.nn.functional as F
 
-from trainers.batching import IGNORE_INDEX, eval_batches, prompt_and_completion
+from evaluators.completion_loss import completion_metrics, completion_scores
+from trainers.batching import prompt_and_completion
 
 
 def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.inference_mode()
-def evaluate(model, examples: list[dict], tokenizer, batch_size: int, device=None, per_example: dict | None = None) -> dict:
+def evaluate(model, examples: list[dict], tokenizer, batch_size: int, per_example: dict | None = None) -> dict:
     """Loss, perplexity and teacher-forced exact match over the completion tokens of `examples`.
 
     `examples` are encoded records (trainers.batching.encode: input_ids, labels with the prompt masked).
@@ -30,47 +28,11 @@ def evaluate(model, examples: list[dict], tokenizer, batch_size: int, device=Non
     With `per_example` (a dict), each example's loss sum, token count and exact match are appended to its
     "loss_sum", "tokens" and "exact" lists: what bootstrap intervals resample.
     """
-    if not examples:
-        raise ValueError("no examples to evaluate")
-    device = torch.device(device) if device is not None else _model_device(model)
-    was_training = model.training
-    model.eval()  # LoRA dropout off: every rank is scored deterministically
-    loss_sum, tokens, exact = 0.0, 0, 0
-    try:
-        for batch in eval_batches(examples, batch_size, tokenizer.pad_token_id):
-            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-            # Position t predicts token t+1; only completion tokens (label != -100) count.
-            labels = batch["labels"][:, 1:].to(logits.device)
-            mask = labels != IGNORE_INDEX
-            # Keep just the scored rows before upcasting: a full (batch, seq, vocab) fp32 copy can be GBs.
-            picked = logits[:, :-1][mask].float()
-            target = labels[mask]
-            token_losses = F.cross_entropy(picked, target, reduction="none")
-            loss_sum += token_losses.sum().item()
-            tokens += int(mask.sum())
-            # An example is an exact match when every completion position's argmax is its label.
-            hits = torch.ones_like(labels, dtype=torch.bool)
-            hits[mask] = picked.argmax(-1) == target
-            matched = hits.all(dim=1) & mask.any(dim=1)
-            exact += int(matched.sum())
-            if per_example is not None:  # rows of mask.nonzero() follow the order `picked` was taken in
-                sums = torch.zeros(mask.shape[0], device=token_losses.device)
-                sums.index_add_(0, mask.nonzero()[:, 0], token_losses)
-                per_example.setdefault("loss_sum", []).extend(sums.tolist())
-                per_example.setdefault("tokens", []).extend(mask.sum(dim=1).tolist())
-                per_example.setdefault("exact", []).extend(matched.float().tolist())
-    finally:
-        model.train(was_training)
-    if tokens == 0:
-        raise ValueError("the examples hold no completion tokens (every label is masked or truncated away)")
-    loss = loss_sum / tokens
-    return {
-        "eval_loss": loss,
-        "eval_perplexity": math.exp(min(loss, 700.0)),  # exp overflows a float past ~709
-        "eval_exact_match": exact / len(examples),
-        "eval_tokens": tokens,
-        "eval_examples": len(examples),
-    }
+    [scores] = completion_scores(model, examples, tokenizer.pad_token_id, batch_size)
+    if per_example is not None:
+        for key, values in scores.items():
+            per_example.setdefault(key, []).extend(values)
+    return completion_metrics(scores)
 
 
 def normalize_answer(text: str) -> str:

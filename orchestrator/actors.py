@@ -17,15 +17,17 @@ from pathlib import Path
 import ray
 import torch
 
-from orchestrator.messages import EvalResult, Placement, TrainingReply
+from orchestrator.messages import ActorUsage, EvalResult, Placement, TrainingReply
 from orchestrator.provenance import provenance_tags
 from trainers.atomic import read_jsonl_log, write_atomic
 from trainers.config import JobConfig
 
 
-def _pin_threads(num_cpus: float) -> None:
-    # Fractional CPUs share cores with other actors: one thread each so they do not fight.
-    torch.set_num_threads(max(1, int(num_cpus)))
+def _threads(wanted: int | None, num_cpus: float) -> int:
+    """Torch threads for one task: what the driver gives the task (the cores its phase leaves free, see
+    Pipeline.threads_for), never fewer than the whole CPUs the actor reserved, never more than this node has."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, max(int(num_cpus), wanted or 0)))
 
 
 def _placement() -> Placement:
@@ -82,9 +84,23 @@ def _step_hook(step_sink):
 
 
 class _Worker:
+    """Every actor keeps when it was placed and how long its tasks ran, so the driver can record the
+    device-seconds it held but left idle (orchestrator/reservations.py)."""
+
     def __init__(self, job: JobConfig, num_cpus: float):
-        _pin_threads(num_cpus)
+        self.placed_at = time.time()
+        self.busy_seconds = 0.0
+        self.num_cpus = num_cpus
+        self.threads = self._use_threads(None)
         self.cfg = job
+
+    def _use_threads(self, wanted: int | None) -> int:
+        self.threads = _threads(wanted, self.num_cpus)
+        torch.set_num_threads(self.threads)
+        return self.threads
+
+    def usage(self) -> ActorUsage:
+        return ActorUsage(_placement().actor_id, self.placed_at, time.time(), self.busy_seconds, self.threads)
 
 
 @ray.remote
@@ -92,24 +108,28 @@ class Trainer(_Worker):
     """Trains one job (the QDyLoRA run or one QLoRA baseline) into out_dir, resuming from its checkpoints,
     so a restarted actor picks up where the dead one stopped."""
 
-    def train(self, out_dir: str, evaluate_on: tuple[str, ...] = (), step_sink=None) -> TrainingReply:
-        """step_sink(row) -> bool, if given, sees every step's metrics; True stops the training (a pruned trial)."""
+    def train(self, out_dir: str, evaluate_on: tuple[str, ...] = (), step_sink=None,
+              threads: int | None = None) -> TrainingReply:
+        """step_sink(row) -> bool, if given, sees every step's metrics; True stops the training (a pruned trial).
+        threads: torch threads for this training (see _threads)."""
         from trainers.finetune import ARTIFACTS_FILE, METRICS_FILE, train
 
         started = time.time()
+        self._use_threads(threads)
         result = train(self.cfg, out_dir, on_step=_step_hook(step_sink), progress=False)
         rows = read_jsonl_log(Path(out_dir) / METRICS_FILE)  # a torn last line (a kill mid-write) is dropped, not fatal
         artifacts = Path(out_dir) / ARTIFACTS_FILE
         reply = TrainingReply(
             placement=_placement(), start=started, end=time.time(), steps=result.steps, final_loss=result.final_loss,
             resumed_from=result.resumed_from, costs=result.costs, step_rows=rows,
-            artifacts=json.loads(artifacts.read_text()) if artifacts.exists() else {},
+            artifacts=json.loads(artifacts.read_text()) if artifacts.exists() else {}, torch_threads=self.threads,
         )
         if evaluate_on:  # baselines score themselves with the evaluators' code, on their own run
             reply.scores = self._score(result.adapter_dir, evaluate_on)
         else:  # the main job's adapter goes to the evaluators; a baseline's (full weights, for GaLore) stays here
             reply.adapter_files = read_adapter_files(result.adapter_dir)
         _free_accelerator_memory(collect=True)
+        self.busy_seconds += time.time() - started
         return reply
 
     def _score(self, adapter_dir: Path, splits: tuple[str, ...]) -> dict:
@@ -134,6 +154,7 @@ class RankEvaluator(_Worker):
         from evaluators.session import EvalSession
 
         self.session = EvalSession(self.cfg)
+        self.busy_seconds += time.time() - self.placed_at  # loading the base is work done on the reservation
         self.adapter_key = None
         self.scratch = Path(tempfile.mkdtemp(prefix="dyrank-eval-"))
 
@@ -144,22 +165,37 @@ class RankEvaluator(_Worker):
             self.adapter_key = key
             _free_accelerator_memory(collect=True)
 
+    def evaluate_ranks(self, ranks: list[int], split: str, key: str, files_ref: list, generate: bool = False,
+                       intervals: bool = False, threads: int | None = None) -> list[EvalResult]:
+        """One result per rank; the session scores them evaluation.ranks_per_forward at a time. Each result's
+        start..end is its share of the group's time, so per-rank seconds still add up to the work done."""
+        started = time.time()
+        self._use_threads(threads)
+        self._ensure_adapter(key, files_ref)
+        scored = self.session.score_ranks(split, list(ranks), generate=generate, intervals=intervals)
+        # The harness runs once per rank it scores: on the sweep with every_rank, else on the selected rank's test call.
+        harness = split == ("validation" if self.cfg.evaluation.harness.every_rank else "test")
+        for s in scored:
+            if harness:
+                s.metrics.update(_harness_scores(self.cfg, self.session, s.rank))
+        share, placement = (time.time() - started) / len(scored), _placement()
+        results = [EvalResult(s.rank, s.metrics, placement, started + i * share, started + (i + 1) * share,
+                              s.per_example, self.threads) for i, s in enumerate(scored)]
+        _free_accelerator_memory()
+        self.busy_seconds += time.time() - started
+        return results
+
     def evaluate_rank(self, rank: int, split: str, key: str, files_ref: list, generate: bool = False,
                       intervals: bool = False) -> EvalResult:
-        self._ensure_adapter(key, files_ref)
-        started = time.time()
-        scores = self.session.score(split, rank=rank, generate=generate, intervals=intervals)
-        # The harness runs once per rank it scores: on the sweep with every_rank, else on the selected rank's test call.
-        if split == ("validation" if self.cfg.evaluation.harness.every_rank else "test"):
-            scores.update(_harness_scores(self.cfg, self.session, rank))
-        result = EvalResult(rank, scores, _placement(), started, time.time())
-        _free_accelerator_memory()
-        return result
+        return self.evaluate_ranks([rank], split, key, files_ref, generate, intervals)[0]
 
-    def evaluate_base(self, split: str, generate: bool = False) -> EvalResult:
+    def evaluate_base(self, split: str, generate: bool = False, threads: int | None = None) -> EvalResult:
         started = time.time()
-        scores = self.session.score(split, rank=None, generate=generate)
-        return EvalResult(None, scores, _placement(), started, time.time())
+        self._use_threads(threads)
+        [scored] = self.session.score_ranks(split, [None], generate=generate)
+        result = EvalResult(None, scored.metrics, _placement(), started, time.time(), scored.per_example, self.threads)
+        self.busy_seconds += time.time() - started
+        return result
 
     def base_loads(self) -> tuple[str, int]:
         """(actor id, how many times it loaded the base): 1 however many ranks it scored."""

@@ -60,6 +60,23 @@ class TrainingReply:
     artifacts: dict = field(default_factory=dict)  # JSON-able method records, e.g. AdaLoRA's rank allocation
     scores: dict[str, float] = field(default_factory=dict)  # baselines: eval_* and test_* on their own run
     adapter_files: dict[str, bytes] | None = None  # the main job: its saved adapter, file name -> bytes
+    torch_threads: int | None = None  # the torch threads the training ran with
+
+
+@dataclass(frozen=True)
+class ActorUsage:
+    """How long an actor held its reservation (placed_at..now, driver-side clock of the node) and how much of
+    that its tasks ran: the rest is reserved but idle."""
+
+    actor_id: str
+    placed_at: float
+    now: float
+    busy_seconds: float
+    threads: int
+
+    @property
+    def reserved_seconds(self) -> float:
+        return self.now - self.placed_at
 
 
 @dataclass
@@ -71,6 +88,10 @@ class EvalResult:
     placement: Placement
     start: float
     end: float
+    # Per example, in the split's order: loss_sum, tokens, exact (and gen_exact when generated); what intervals
+    # and fidelity metrics resample. Not logged as metrics (lists, not numbers).
+    per_example: dict[str, list[float]] = field(default_factory=dict)
+    torch_threads: int | None = None  # the torch threads the scoring ran with
 
     @property
     def seconds(self) -> float:

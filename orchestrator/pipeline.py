@@ -5,6 +5,7 @@ Stages, in the order `Pipeline.run` calls them:
                 baselines.methods), launched together; a baseline scores itself once, at its rank
   2. evaluators a pool that loads the base while training runs and scores the base model (zero-shot)
   3. sweep      the QDyLoRA adapter fans out: every rank scored on validation, results streamed back
+                (orchestrator/sweep_stage.py: groups of ranks queued on each evaluator)
   4. select     the policy picks a rank on validation; the selected rank is scored on test
   5. summarize  parent metrics; the result's rows go back to the caller (the CLI draws table, CSV and plot)
 The driver is MLflow's only writer; orchestrator/run_records.py keeps the child runs, so a resumed
@@ -18,7 +19,6 @@ import math
 import os
 import sys
 import time
-from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -37,8 +37,10 @@ from orchestrator.errors import PipelineError
 from orchestrator.messages import EvalResult, JobKey, TrainingReply
 from orchestrator.mlflow_assets import dataset_inputs, publish_selected
 from orchestrator.provenance import provenance_tags
+from orchestrator.reservations import Reservations, phase_threads
 from orchestrator.redact import is_redacted, redact
 from orchestrator.resume_checks import check_resumed_config
+from orchestrator.sweep_stage import ZEROSHOT, SweepStage
 from orchestrator.ray_runtime import in_ray_job
 from orchestrator.run_progress import TeeSink
 from orchestrator.run_records import RunRecords
@@ -48,7 +50,6 @@ from trainers.datasets.splits import load_splits, split_fingerprint
 from trainers.hub import is_hub_id, resolve_hub_model
 from trainers.paths import cache_dir
 
-ZEROSHOT = JobKey("zeroshot", None)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class PipelineResult:
 OutputsWriter = Callable[[PipelineResult, Path], str]
 
 
-class Pipeline:
+class Pipeline(SweepStage):
     def __init__(self, cfg: Config, tracker: Tracker, parent_id: str, on_event: Callable[[str, dict], None] | None = None,
                  step_sink=None, write_outputs: OutputsWriter | None = None, progress=None):
         self.cfg, self.tracker, self.parent_id, self.step_sink = cfg, tracker, parent_id, step_sink
@@ -86,28 +87,31 @@ class Pipeline:
         self.records = RunRecords(tracker, tracker.run(parent_id).info.experiment_id, parent_id)
         self.actors: list = []
         self.evaluators: list = []  # the live ones: an evaluator that died for good (restarts used up) leaves
+        self.reservations = Reservations()  # what each actor holds and uses: threads, idle device-seconds
 
     # ---- 1. trainers -----------------------------------------------------------------------------
     def launch_trainers(self) -> dict[JobKey, tuple]:
         """Start every unfinished training job at once; Ray runs them in parallel as resources allow."""
         wanted = [(self.main_key, "train", self.job)]
         wanted += [(JobKey("baseline", name), f"baseline-{name}", job.config) for name, job in self.baselines.items()]
+        wanted = [(key, folder, job) for key, folder, job in wanted if key not in self.records]
+        threads = phase_threads(len(wanted))  # the training phase's jobs share the cores
         jobs = {}
         for key, folder, job in wanted:
-            if key in self.records:
-                continue
             options = actor_options(self.cfg, "trainer")
             actor = Trainer.options(name=f"Trainer-{self.parent_id[:12]}-{folder}", **options).remote(job, options["num_cpus"])
             self.actors.append(actor)
+            self.reservations.add(f"trainer_{folder}", actor, options)
             evaluate_on, sink = (("validation", "test"), None) if key.kind == "baseline" else ((), self.step_sink)
             if self.progress is not None:
                 label = key.id if key.kind == "baseline" else self.cfg.adapter.method  # qdylora, qlora-r2, ...
                 sink = TeeSink(sink, self.progress.sink(label, job.training.max_steps))
-            jobs[key] = (actor, actor.train.remote(str(self.workdir / folder), evaluate_on, sink))
+            jobs[key] = (actor, actor.train.remote(str(self.workdir / folder), evaluate_on, sink, threads))
         return jobs
 
     def _release(self, actor) -> None:
         """A finished trainer gives its CPUs/GPU back at once, so evaluators waiting for them can start."""
+        self.reservations.read(self.reservations.label_of(actor))
         ray.kill(actor, no_restart=True)
         self.actors.remove(actor)
 
@@ -138,7 +142,7 @@ class Pipeline:
             metrics = {**reply.costs.metrics(), "final_train_loss": reply.final_loss, "resumed_from_step": reply.resumed_from}
             method = self.cfg.adapter.method
             self.records.record(self.main_key, f"{method}-train", method, self.main_key.id, reply.placement, reply.start,
-                                reply.end, metrics, reply.step_rows)
+                                reply.end, metrics, reply.step_rows, {"torch_threads": reply.torch_threads})
             self.on_event("trained", {"device_seconds": reply.costs.device_seconds, "steps": reply.steps})
         return f"{self.parent_id}-adapter", ray.put(files)
 
@@ -170,6 +174,8 @@ class Pipeline:
                 for i in range(n)]
         self.actors += pool
         self.evaluators = list(pool)
+        for i, actor in enumerate(pool):
+            self.reservations.add(f"evaluator_{i}", actor, options)
         return pool
 
     # ---- 3. sweep --------------------------------------------------------------------------------
@@ -178,73 +184,15 @@ class Pipeline:
         job = self.baselines[name]
         metrics = {**reply.scores, **reply.costs.metrics(), "final_train_loss": reply.final_loss}
         run_id = self.records.record(JobKey("baseline", name), name, job.method, job.rank, reply.placement,
-                                     reply.start, reply.end, metrics, reply.step_rows)
+                                     reply.start, reply.end, metrics, reply.step_rows, {"torch_threads": reply.torch_threads})
         for artifact, data in reply.artifacts.items():
             self.tracker.log_text(run_id, json.dumps(data, indent=2), f"{artifact}.json")  # buffered, like every write
 
     def _record_eval(self, result: EvalResult) -> None:
         key = JobKey("eval", result.rank) if result.rank is not None else ZEROSHOT
         name, method = (f"rank-{result.rank}", self.cfg.adapter.method) if result.rank is not None else ("zeroshot", "base")
-        self.records.record(key, name, method, result.rank, result.placement, result.start, result.end, result.metrics())
-
-    def sweep(self, pool: list, adapter_key: str, files_ref, baseline_jobs: dict, zeroshot_ref=None) -> list[dict]:
-        """Spread the unrecorded ranks over the pool and record each result the moment it arrives;
-        baselines still training and the zero-shot score are collected in the same loop, so no finished
-        work waits on another. (Waiting for the zero-shot score first could deadlock: its evaluator may be
-        waiting for the GPU a finished baseline trainer holds until its result is collected here.)"""
-        results = self.records.rows("eval")
-        pending = deque(r for r in self.cfg.eval_ranks() if r not in results)
-        # An evaluator gets work only once it is up: one still waiting for resources would sit on it.
-        waiting = {a.base_loads.remote(): ("ready", a, None) for a in pool}
-        waiting.update({ref: ("baseline", actor, key.id) for key, (actor, ref) in baseline_jobs.items()})
-        if zeroshot_ref is not None:  # submitted with the pool (its "ready" call marks the actor idle, not this)
-            waiting[zeroshot_ref] = ("zeroshot", pool[0], None)
-        idle, failures = [], Counter()
-        while pending or waiting:
-            while pending and idle:  # rank None: the zero-shot score, moved here when its evaluator died
-                actor, rank = idle.pop(), pending.popleft()
-                ref = (actor.evaluate_base.remote("validation") if rank is None
-                       else actor.evaluate_rank.remote(rank, "validation", adapter_key, [files_ref]))
-                waiting[ref] = ("eval", actor, rank)
-            if not waiting:
-                raise PipelineError(f"every evaluator died; ranks left: {list(pending)}")
-            [ref], _ = ray.wait(list(waiting), num_returns=1)
-            what, actor, rank = waiting.pop(ref)
-            if what == "baseline":  # `rank` holds the job's name here
-                self._finish_baseline(JobKey("baseline", rank), baseline_jobs)
-                continue
-            try:
-                result = ray.get(ref)
-            except (RayActorError, RayTaskError) as exc:
-                died = isinstance(exc, ActorDiedError)  # restarts used up; its work goes to the others
-                if died and actor in self.evaluators:
-                    self.evaluators.remove(actor)
-                if what == "eval" and not died:
-                    idle.append(actor)  # the actor lives: only the task failed
-                if what in ("eval", "zeroshot"):
-                    failures[rank] += 1
-                    if failures[rank] > self.cfg.resources.max_restarts or not self.evaluators:
-                        name = "zero-shot" if rank is None else f"rank {rank}"
-                        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                        if rank is None:
-                            self.records.record_failure("zeroshot", None, reason)
-                        raise PipelineError(f"{name} failed {failures[rank]} times: {reason}") from None
-                    pending.appendleft(rank)
-                elif not died:  # "ready" of a live actor
-                    idle.append(actor)
-                continue
-            if what != "zeroshot":
-                idle.append(actor)
-            if rank is None:
-                if what != "ready" and ZEROSHOT not in self.records:
-                    self._record_eval(result)
-                continue
-            if rank in results:  # a duplicate from a retry: the first result stands
-                continue
-            self._record_eval(result)
-            results[rank] = result.row()
-            self.on_event("eval", {**results[rank], "actor_id": result.placement.actor_id})
-        return [results[r] for r in sorted(results)]
+        self.records.record(key, name, method, result.rank, result.placement, result.start, result.end, result.metrics(),
+                            params={"torch_threads": result.torch_threads})
 
     # ---- the whole thing -------------------------------------------------------------------------
     def run(self) -> PipelineResult:
@@ -269,6 +217,8 @@ class Pipeline:
         loads = dict(filter(None, (self._on_live_evaluator("base loads", lambda a: a.base_loads.remote(), actor)
                                    for actor in list(self.evaluators))))
         self.tracker.set_tags(self.parent_id, {tags.EVALUATOR_BASE_LOADS_TAG: json.dumps(loads)})
+        self.reservations.read_all()
+        self.tracker.log_metrics(self.parent_id, self.reservations.metrics())
         result = self.summarize(ranks, selected, test_metrics, started)
         publish_selected(self.tracker, self.parent_id, cfg, self.workdir, result.selected_rank)  # card, pyfunc, registry
         return result

@@ -60,13 +60,13 @@ class RunRecords:
         return {key.id: done.row for key, done in self.done.items() if key.kind == kind}
 
     def record(self, key: JobKey, name: str, method: str, rank: int | None, placement: Placement, start: float,
-               end: float, metrics: dict, step_rows: Iterable[dict] = ()) -> str:
+               end: float, metrics: dict, step_rows: Iterable[dict] = (), params: dict | None = None) -> str:
         """Create (or reuse, if an interrupted driver left it RUNNING) the child run for one result and finish it."""
         existing = self.existing.get(key)
         if existing is not None and existing.info.status != "RUNNING":
             existing = None
         run_tags = placement.tags()
-        params = {"method": method}
+        params = {"method": method, **{k: v for k, v in (params or {}).items() if v is not None}}
         if rank is not None:
             # Also a tag, written with the run itself: a driver killed before the params were written
             # leaves a run that `dyrank resume` still recognises (and completes) instead of duplicating.

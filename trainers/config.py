@@ -228,6 +228,11 @@ class EvaluationConfig(Section):
     ranks: Annotated[list[Rank], Field(min_length=1)] | Literal["all"] = Field("all", description="Ranks to evaluate: all = r_min..r_max, or a list.")
     batch_size: bounded(2**16) = Field(8, description="Examples per evaluation batch.")
     max_samples: PositiveInt | None = Field(None, description="Cap on evaluated examples per split (None: all).")
+    ranks_per_forward: bounded(1024) | None = Field(
+        None, description="Ranks of a dynamic adapter scored in one forward (the batch repeated k times, each copy "
+        "at its own rank): pays where a forward is launch-bound (a GPU), costs k times the activation memory. "
+        "None: by device type (1 on CPU, 8 on GPU).",
+    )
     bootstrap_samples: bounded(10**6) = Field(1000, description="Resamples for the 95% intervals on test scores.")
     dequantize_base: bool = Field(
         True, description="Evaluators dequantize the frozen NF4 base once to the compute dtype: the same weights, "

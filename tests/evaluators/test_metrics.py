@@ -9,15 +9,17 @@ import pytest
 import torch
 
 from evaluators.metrics import evaluate, generate_answers, generate_exact_match, normalize_answer
-from evaluators.sweep import RankSweep
+from evaluators.session import EvalSession
 from trainers.batching import IGNORE_INDEX, collate
+from trainers.methods.qdylora import set_active_rank
 
 
 @pytest.fixture(scope="module")
 def model(tiny_run):
-    sweep = RankSweep(tiny_run.base_path, tiny_run.adapter_dir, tiny_run.examples, tokenizer=tiny_run.tokenizer)
-    sweep.evaluate_rank(3)  # an inner rank: truncation and alpha/3 scaling both in play
-    return sweep.model
+    session = EvalSession(tiny_run.cfg)
+    session.attach_adapter_dir(tiny_run.adapter_dir)
+    set_active_rank(session.model, 3)  # an inner rank: truncation and alpha/3 scaling both in play
+    return session.model
 
 
 def test_loss_matches_the_models_own_loss(model, tiny_run):

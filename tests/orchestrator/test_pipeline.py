@@ -125,6 +125,14 @@ def test_record_keys_are_those_the_previous_release_wrote(pipeline):
     assert harness == ["evaluation.harness.batch_size", "evaluation.harness.every_rank", "evaluation.harness.limit",
                        "evaluation.harness.tasks"], harness
     new["params"] = [p for p in new["params"] if p not in harness]
+    # issue 16: ranks per batched forward, each run's torch threads, the parent's per-actor reservation metrics
+    new["params"].remove("evaluation.ranks_per_forward")
+    reserved = ("_reserved_device_seconds", "_busy_device_seconds", "_idle_device_seconds", "_torch_threads")
+    totals = ("reserved_device_seconds", "idle_device_seconds", "idle_share")
+    new["metrics"] = [m for m in new["metrics"] if not m.endswith(reserved) and m not in totals]
+    for run in after.values():
+        if "torch_threads" in run["params"]:
+            run["params"].remove("torch_threads")
     assert sorted(after) == sorted(before)
     for key in before:
         assert after[key] == before[key], key
@@ -227,3 +235,29 @@ def test_killed_evaluator_is_restarted_and_every_rank_recorded_once(tracking):
     assert_every_rank_once(runs, result.parent_run_id, range(1, 13))
     actors = {r.data.tags["dyrank.actor_id"] for r in children(runs, result.parent_run_id, "eval")}
     assert len(actors) == 2
+
+
+def test_parent_records_each_actors_idle_reservation_consistently(pipeline):
+    # Issue 16: device-seconds reserved but idle, per actor. Busy time is measured inside the actor, reserved
+    # time from its placement to its release: busy can never exceed reserved, and the totals add up.
+    _, uri, result, _, _ = pipeline
+    metrics = MlflowClient(uri).get_run(result.parent_run_id).data.metrics
+    actors = sorted(k.removesuffix("_reserved_device_seconds") for k in metrics
+                    if k.endswith("_reserved_device_seconds") and k != "reserved_device_seconds")
+    # three trainers (QDyLoRA, QLoRA r2 and r8) and the two evaluators
+    assert actors == ["evaluator_0", "evaluator_1", "trainer_baseline_qlora_r2", "trainer_baseline_qlora_r8",
+                      "trainer_train"], actors
+    for actor in actors:
+        reserved, busy = metrics[f"{actor}_reserved_device_seconds"], metrics[f"{actor}_busy_device_seconds"]
+        assert 0 < busy <= reserved, actor
+        assert metrics[f"{actor}_idle_device_seconds"] == pytest.approx(reserved - busy), actor
+        assert metrics[f"{actor}_torch_threads"] >= 1, actor
+    assert metrics["reserved_device_seconds"] == pytest.approx(sum(metrics[f"{a}_reserved_device_seconds"] for a in actors))
+    assert metrics["idle_share"] == pytest.approx(metrics["idle_device_seconds"] / metrics["reserved_device_seconds"])
+
+
+def test_runs_record_their_torch_threads(pipeline):
+    _, _, result, _, runs = pipeline
+    for kind in ("train", "eval", "baseline"):
+        for run in children(runs, result.parent_run_id, kind):
+            assert int(run.data.params["torch_threads"]) >= 1, (kind, run.info.run_name)
