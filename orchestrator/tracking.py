@@ -118,12 +118,34 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         except (urllib.error.URLError, OSError) as exc:
             reason = redact(str(getattr(exc, "reason", exc)))
             raise TrackingError(f"tracking URI {redact(uri)} is unreachable: {reason}") from None
+        _check_login(uri, bare, parts, timeout)
     elif parsed.scheme in DRIVER_SCHEMES and parts.hostname:  # a database server: can we open a connection?
         port = parts.port or {"postgresql": 5432, "mysql": 3306}[parsed.scheme]
         try:
             socket.create_connection((parts.hostname, port), timeout=timeout).close()
         except OSError as exc:
             raise TrackingError(f"tracking URI {redact(uri)} is unreachable: {exc}") from None
+
+
+def _check_login(uri: str, bare: str, parts, timeout: float) -> None:
+    """/health answers anyone, so a missing or wrong login would only surface at the first write, from an actor.
+    One read-only API call with the credentials MLflow itself would send (user:password in the URI, else
+    MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN) shows whether the server takes them."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+
+    creds = get_default_host_creds(bare)
+    if parts.username is not None:
+        creds = MlflowHostCreds(bare, username=unquote(parts.username), password=unquote(parts.password or ""))
+    try:
+        reply = http_request(creds, "/api/2.0/mlflow/experiments/search", "GET", max_retries=0, timeout=timeout,
+                             raise_on_status=False, params={"max_results": 1})
+    except Exception as exc:  # noqa: BLE001 - requests' and MLflow's connection errors alike
+        raise TrackingError(f"tracking URI {redact(uri)} is unreachable: {redact(str(exc).splitlines()[0])}") from None
+    if reply.status_code in (401, 403):
+        who = f"user {creds.username!r}" if creds.username else "a token" if creds.token else "anonymous requests"
+        raise TrackingError(f"tracking URI {redact(uri)} refused {who} (HTTP {reply.status_code}): set "
+                            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a login the server accepts")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
