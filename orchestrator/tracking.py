@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Protocol, runtime_checkable
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, ViewType
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -188,7 +189,14 @@ class MlflowTracker:
         location, db = None, sqlite_path(self.uri)
         if db is not None:  # artifacts beside the database, by absolute path
             location = (db.parent / "mlartifacts").resolve().as_uri()
-        return self._client.create_experiment(name, artifact_location=location)
+        try:
+            return self._client.create_experiment(name, artifact_location=location)
+        except MlflowException:
+            # Two drivers of one study (or two runs) starting together: the other one created it first.
+            found = self._client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
     # ---- writes ------------------------------------------------------------------------------------
     def create_run(self, experiment_id: str, kind: str, name: str, parent_id: str | None = None,

@@ -167,3 +167,65 @@ def test_each_pruner_stops_only_the_lagging_trial(drive, kind):
         assert bad.intermediate_values == {} and pipeline.calls == [0, 1, 2]
     elif not prunes:
         assert sorted(bad.intermediate_values) == list(range(1, STEPS + 1)), "every step reported, none stopped"
+
+
+@pytest.mark.timeout(400)
+def test_two_drivers_share_a_postgresql_study_and_retry_a_dead_drivers_trial(local_ray, tmp_path, monkeypatch):
+    """Through open_storage on a real PostgreSQL server: a third driver died with a trial RUNNING (its last
+    heartbeat long past); two live drivers run the study together, one of them fails and re-enqueues that trial
+    once, both beat for their own running trials, and every trial ends exactly once."""
+    import uuid
+
+    import sqlalchemy
+
+    from orchestrator.study_storage import FAILURE_ATTR, counted, open_storage
+    from tests.orchestrator.test_study import backdate_heartbeat
+    from tests.support.postgres import Postgres
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setattr(study_module, "ProgressBoard", WatchedBoard)
+    pipeline = StandInPipeline(rendezvous=threading.Barrier(2))
+    monkeypatch.setattr(study_module, "run_pipeline", pipeline)
+    postgres = Postgres()
+    try:
+        url = postgres.create_database("optuna", "optuna", uuid.uuid4().hex)
+        path = _study_file(tmp_path, storage=url, heartbeat_seconds=1, search_space=NUMERIC_SPACE)
+        cfg = load_study_config(path, ["n_trials=4", "parallel=1", "pruner.type=none"])
+        storage, single_driver = open_storage(url, 1, None)
+        assert not single_driver
+        study = optuna.create_study(storage=storage, study_name=cfg.name, directions=cfg.directions)
+        dead = study.ask()
+        dead_lr = dead.suggest_float("training.lr", 1e-3, 1e-2, log=True)
+        storage.record_heartbeat(dead._trial_id)
+        backdate_heartbeat(storage, dead._trial_id, seconds=60)
+
+        drivers = [study_module.StudyDriver(cfg) for _ in range(2)]
+        errors = []
+
+        def run(driver):
+            try:
+                driver.run()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+        threads = [threading.Thread(target=run, args=(d,)) for d in drivers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        assert not errors and not any(t.is_alive() for t in threads), errors
+        assert not pipeline.rendezvous.broken, "the two drivers never had a trial running at the same time"
+
+        trials = optuna.load_study(study_name=cfg.name, storage=url).get_trials()
+        assert trials[dead.number].state == TrialState.FAIL and FAILURE_ATTR not in trials[dead.number].user_attrs
+        [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+        assert retry.state == TrialState.COMPLETE and retry.params["training.lr"] == dead_lr
+        assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+        assert counted(trials) in (4, 5), "each driver stops at n_trials; both may start the last one"
+        assert sorted(pipeline.calls) == [t.number for t in trials if t.number != dead.number], "a trial ran twice"
+        engine = sqlalchemy.create_engine(url)
+        with engine.connect() as connection:
+            beating = {row[0] for row in connection.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats"))}
+        engine.dispose()
+        assert {t._trial_id for t in trials if t.number in pipeline.calls[:2]} <= beating, "a running trial never beat"
+    finally:
+        postgres.stop()
