@@ -89,6 +89,7 @@ def test_driver_killed_during_training_resumes_from_its_checkpoint_and_reuses_a_
 
 
 def _run_bad(capsys, *args) -> str:
+    ray.shutdown()  # whatever an earlier test left: the check below is about this run alone
     assert main(["run", str(TINY_YAML), *args]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err

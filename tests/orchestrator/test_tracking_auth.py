@@ -46,6 +46,7 @@ def login(auth_server, monkeypatch):
 
 
 def _refused_run(capsys) -> str:
+    ray.shutdown()  # whatever an earlier test left: the check below is about this run alone
     assert main(["run", str(TINY_YAML)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
