@@ -34,6 +34,13 @@ def pytest_configure(config):
     config._dyrank_saved_env = {key: os.environ.get(key) for key in ISOLATED}
     config._dyrank_ray_tmp = ray_tmp
     os.environ.update({"HOME": str(session / "home"), "DYRANK_HOME": str(session / "dyrank"), "RAY_TMPDIR": ray_tmp})
+    # pip reads its per-user config (the machine's package index, which `dyrank models fetch` uses) from HOME:
+    # keep reading the real one, read-only, through the variable pip loads before the other config files.
+    user_config = Path(os.environ.get("XDG_CONFIG_HOME") or USER_HOME / ".config")
+    pip_config = next((p for p in (user_config / "pip" / "pip.conf", USER_HOME / ".pip" / "pip.conf") if p.is_file()), None)
+    if pip_config is not None and "PIP_CONFIG_FILE" not in os.environ:
+        config._dyrank_saved_env["PIP_CONFIG_FILE"] = None
+        os.environ["PIP_CONFIG_FILE"] = str(pip_config)
 
 
 def pytest_unconfigure(config):

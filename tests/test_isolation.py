@@ -56,6 +56,9 @@ def test_session_environment_is_private_to_pytest(tmp_path_factory):
         assert Path(os.environ[key]).resolve().is_relative_to(base), (key, os.environ[key])
     assert Path(os.environ["RAY_TMPDIR"]).name.startswith("dyr-") and os.path.isdir(os.environ["RAY_TMPDIR"])
     assert all(not Path(os.environ[key]).resolve().is_relative_to(USER_HOME.resolve()) for key in ISOLATED)
+    pip = subprocess.run([sys.executable, "-m", "pip", "config", "debug"], capture_output=True, text=True).stdout
+    if (USER_HOME / ".config" / "pip" / "pip.conf").is_file():  # the machine's index is still found, read-only
+        assert f"env:\n  {USER_HOME / '.config' / 'pip' / 'pip.conf'}, exists: True" in pip, pip
 
 
 def test_a_training_step_and_a_private_ray_leave_the_users_home_untouched(tmp_path_factory, tmp_path):
