@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU benchmark in one short run on a bare CUDA box (torch, transformers, peft; no Ray, MLflow or pydantic):
-#   bash bench/gpu_suite.sh OUT_DIR [MEASURE ...]   (MEASURE: p4 p2 multirank p1 p3 methods; default all)
+#   bash bench/gpu_suite.sh OUT_DIR [MEASURE ...]   (MEASURE: p4 p2 multirank p1 p3 methods pytest-gpu; default all)
 # Wheels in .whl/ (bitsandbytes, galore-torch, pydantic) are installed when the box lacks them. The methods
 # table needs .device/smollm2-tokenizer and .device/countries (copies from the dyrank cache; see docs/benchmarks.md).
+# pytest-gpu runs the suite's GPU tests; it needs pytest (and the tests' imports) there too, as wheels in .whl/.
 # Each script has its own time limit so one slow measure cannot starve the others; results land in OUT_DIR.
 set -uo pipefail
 out=${1:?usage: bench/gpu_suite.sh OUT_DIR}
@@ -14,7 +15,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 run() { local limit=$1; shift; echo "== $*"; timeout "$limit" python3 "$@" 2>&1 | grep -v -E "Loading weights|kernels" | tail -8; }
 shift
-wanted=" ${*:-p4 p2 multirank p1 p3 methods} "
+wanted=" ${*:-p4 p2 multirank p1 p3 methods pytest-gpu} "
 want() { [[ $wanted == *" $1 "* ]]; }
 want p4 && run 240 bench/p4_memory.py --out "$out/p4_memory.json"
 want p2 && run 200 bench/p2_search_cost.py --out "$out/p2_search_cost.json"
@@ -31,5 +32,10 @@ if want methods; then
     --set model.source=/tmp/smollm2-random --set data.dataset=null --set data.train_file=$d/train.jsonl \
     --set data.validation_file=$d/validation.jsonl --set data.test_file=$d/test.jsonl \
     --set training.gradient_checkpointing=true --out "$out/methods-smollm2-shape-gpu.json"
+fi
+# The suite's own GPU tests (pytest -m gpu): skipped on CPU hosts, so this is where they run.
+if want pytest-gpu; then
+  echo "== pytest -m gpu"
+  timeout 300 python3 -m pytest -m gpu -q -p no:cacheprovider $(grep -rlE "mark\.gpu|mark\(.*gpu" tests) 2>&1 | tail -25 | tee "$out/pytest-gpu.txt"
 fi
 true

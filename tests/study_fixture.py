@@ -14,10 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
-import psutil
 import pytest
-from optuna.trial import TrialState
 
 REPO = Path(__file__).resolve().parent.parent
 STUDY_YAML = REPO / "examples" / "study-tiny.yaml"
@@ -34,6 +31,8 @@ class TinyStudy:
 
 
 def _trials(storage: str) -> list:
+    import optuna  # here, not at the top: conftest imports this file, and the GPU box (bench/gpu_suite.sh) has no optuna
+
     try:
         return optuna.load_study(study_name="study-tiny", storage=storage).get_trials(deepcopy=False)
     except Exception:  # the driver has not created the study yet
@@ -46,6 +45,8 @@ def _driver_env() -> dict:
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
+    import psutil
+
     tree = [proc, *psutil.Process(proc.pid).children(recursive=True)]
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started, as a crash would
     proc.wait()
@@ -54,6 +55,8 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory) -> TinyStudy:
+    from optuna.trial import TrialState
+
     folder = tmp_path_factory.mktemp("study")
     storage = f"sqlite:///{folder / 'optuna.db'}"
     command = [sys.executable, "-m", "orchestrator.cli", "study", str(STUDY_YAML)]

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a Ray head and worker started as the README does, then a pipeline
 VENV = Path(sys.executable).parents[1] if (Path(sys.executable).parent / "ray").exists() else None
 
 

@@ -213,6 +213,7 @@ def test_fake_gpus_place_each_trainer_on_its_own_card(tracking):
     assert all(r.data.tags["dyrank.gpu_ids"] == "" for r in children(runs, result.parent_run_id, "eval"))
 
 
+@pytest.mark.timeout(600)  # twelve ranks and a restarted actor
 def test_killed_evaluator_is_restarted_and_every_rank_recorded_once(tracking):
     parent, killed = [], []
 

@@ -78,12 +78,16 @@ def test_ui_passes_store_uris_by_environment_not_argv():
 
 
 class _BasicAuthHealth(http.server.BaseHTTPRequestHandler):
+    """/health and the login check's read-only API call, each answered only with alice's header."""
     want = "Basic " + base64.b64encode(f"alice:{SECRET}".encode()).decode()
 
     def do_GET(self):  # noqa: N802 - http.server's name
-        ok = self.path == "/health" and self.headers.get("Authorization") == self.want
+        known = self.path == "/health" or self.path.startswith("/api/2.0/mlflow/experiments/search")
+        ok = known and self.headers.get("Authorization") == self.want
         self.send_response(200 if ok else 401)
+        self.send_header("Content-Type", "application/json")
         self.end_headers()
+        self.wfile.write(b"{}")
 
     def log_message(self, *args):
         pass

@@ -3,6 +3,7 @@ study, killed mid-way and run again, ends with every trial counted once in Optun
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import optuna
@@ -16,6 +17,18 @@ from orchestrator.config import ConfigError
 from orchestrator.study_config import load_study_config
 from orchestrator.study_storage import FAILURE_ATTR, counted, open_storage, orphan_callback, recover_orphans
 from tests.study_fixture import STUDY_YAML
+
+
+def backdate_heartbeat(storage, trial_id: int, seconds: float) -> None:
+    """Move a trial's last heartbeat into the past, as a driver silent that long would have left it: the stale
+    check compares it with the database's clock, so no test has to sleep through a grace period."""
+    import sqlalchemy
+
+    beats = sqlalchemy.Table("trial_heartbeats", sqlalchemy.MetaData(), autoload_with=storage.engine)  # typed columns
+    with storage.engine.begin() as connection:
+        last = connection.execute(sqlalchemy.select(beats.c.heartbeat).where(beats.c.trial_id == trial_id)).scalar_one()
+        connection.execute(beats.update().where(beats.c.trial_id == trial_id)
+                           .values(heartbeat=last - datetime.timedelta(seconds=seconds)))
 
 
 def _study_file(tmp_path, **changes) -> str:
@@ -182,8 +195,6 @@ def test_pruned_trial_stops_its_training_and_is_recorded(tmp_path, monkeypatch, 
 
 def test_shared_storage_recovers_only_trials_whose_heartbeat_went_stale(tmp_path):
     """The RDB-server path (several drivers), on sqlite: a silent trial is retried, a beating one is left alone."""
-    import time
-
     from optuna.storages import RDBStorage
 
     found = []
@@ -193,7 +204,7 @@ def test_shared_storage_recovers_only_trials_whose_heartbeat_went_stale(tmp_path
     silent, alive = study.ask(), study.ask()
     silent.suggest_int("n", 1, 9)
     storage.record_heartbeat(silent._trial_id)
-    time.sleep(3)
+    backdate_heartbeat(storage, silent._trial_id, seconds=3)  # its driver went silent 3 s ago, past the 2 s grace
     storage.record_heartbeat(alive._trial_id)  # another driver's trial, still beating
     recover_orphans(study, storage, False, None)
     states = {t.number: t.state for t in study.get_trials()}
