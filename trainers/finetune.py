@@ -28,6 +28,7 @@ from trainers.batching import BatchSchedule, collate, encode_all
 from trainers.config import JobConfig
 from trainers.costs import TrainingCosts
 from trainers.datasets.splits import load_splits
+from trainers.loss import causal_lm_loss
 from trainers.memory import PeakMemory, folder_bytes
 from trainers.methods import make_trainer
 from trainers.methods.base import trainable_params
@@ -101,7 +102,9 @@ class FinetuneRecipe:
         for micro in range(t.grad_accum_steps):
             ids = self.schedule.indices(step * t.grad_accum_steps + micro)
             batch = collate([self.train_examples[i] for i in ids], self.tokenizer.pad_token_id)
-            loss = self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss / t.grad_accum_steps
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            loss = (causal_lm_loss(self.model, batch, t.loss_chunk_tokens) if t.loss_chunk_tokens
+                    else self.model(**batch).loss) / t.grad_accum_steps
             loss.backward()
             total += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(
