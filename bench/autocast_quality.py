@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from _common import REPO, TRAINING_LIBRARIES, stamp, write_result
+from _common import REPO, TRAINING_LIBRARIES, parse, stamp, write_result
 
 RANKS = (1, 4, 16, 64)
 SMOKE = ["model.source=tiny-llama", "data.dataset=tiny-qa", "data.max_seq_len=48", "adapter.r_max=8"]
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--set", dest="extra", action="append", default=[])
     parser.add_argument("--smoke", action="store_true", help="tiny model, 2 steps: checks the script still runs")
     parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    args = parse(parser)
     if args.smoke:
         args.extra, args.steps, args.seeds = [*SMOKE, *args.extra], 2, [0, 1]
     torch.set_num_threads(args.threads)

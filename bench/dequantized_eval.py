@@ -2,6 +2,7 @@
 evaluators' `evaluation.dequantize_base`), side by side on the countries validation split.
 
     .venv/bin/python bench/dequantized_eval.py --repeats 7
+    .venv/bin/python bench/dequantized_eval.py --smoke --out /tmp/deq.json     # tiny preset and tiny-qa (seconds)
 
 Fetches the model (`dyrank models fetch`) and builds the data set (`dyrank data build countries`) into
 the cache if they are not there. Interleaved repeats; medians with min-max; the loss difference shows
@@ -10,30 +11,34 @@ the two score the same weights.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 import torch
 
-from _common import REPO, spread, stamp, timed, write_result
+from _common import RESULTS, parse, parser, spread, stamp, timed, write_result
 
 from evaluators.metrics import evaluate  # noqa: E402
 from trainers.batching import encode_all  # noqa: E402
-from trainers.datasets.splits import read_jsonl  # noqa: E402
+from trainers.datasets.splits import PACKAGED_DATASETS, read_jsonl  # noqa: E402
 from trainers.datasets import split_files  # noqa: E402
 from trainers.models import QuantSettings, dequantize_once, load_base_model, load_tokenizer, resolve_base  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--examples", type=int, default=64)
-    args = parser.parse_args()
+    arguments = parser(smoke="the tiny preset on tiny-qa, 1 repeat: a smoke test of this script",
+                       out=RESULTS / "dequantized_eval.json")
+    arguments.add_argument("--repeats", type=int, default=7)
+    arguments.add_argument("--examples", type=int, default=64)
+    args = parse(arguments)
     torch.set_num_threads(os.cpu_count() or 1)
-    base = resolve_base("smollm2-135m-instruct")
+    model_name, data_name = ("tiny-llama", "tiny-qa") if args.smoke else ("smollm2-135m-instruct", "countries")
+    if args.smoke:
+        args.repeats, args.examples = 1, 8
+    base = resolve_base(model_name)
     tokenizer = load_tokenizer(base)
-    records = read_jsonl(split_files("countries")["validation"])[: args.examples]
+    path = PACKAGED_DATASETS[data_name] if args.smoke else split_files(data_name)["validation"]
+    records = read_jsonl(path)[: args.examples]
     examples = encode_all(records, tokenizer, max_seq_len=128)
     models = {"nf4": load_base_model(base, QuantSettings()).eval(),
               "dequantized": dequantize_once(load_base_model(base, QuantSettings())).eval()}
@@ -45,10 +50,10 @@ def main() -> None:
                 times[name].append(seconds)
     seconds = {k: spread(v) for k, v in times.items()}
     out = stamp("bench/dequantized_eval.py", "torch")
-    out.update(examples=len(examples), seconds=seconds, loss=losses,
+    out.update(model=model_name, data=data_name, examples=len(examples), seconds=seconds, loss=losses,
                relative_loss_difference=abs(losses["nf4"] - losses["dequantized"]) / losses["nf4"],
                ratio_dequantized_over_nf4=seconds["dequantized"]["median"] / seconds["nf4"]["median"])
-    write_result(out, REPO / "bench" / "results" / "dequantized_eval.json")
+    write_result(out, args.out)
     print(json.dumps(out, indent=2))
 
 

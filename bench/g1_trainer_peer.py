@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from _common import REPO, TRAINING_LIBRARIES, stamp, write_result
+from _common import REPO, TRAINING_LIBRARIES, parse, stamp, write_result
 
 ARMS = {  # dyrank arm -> overrides of the adapter section
     "dyrank-qlora": ["adapter.method=qlora", "adapter.rank=64"],
@@ -218,7 +218,7 @@ def main() -> None:
     parser.add_argument("--set", dest="extra", action="append", default=[])
     parser.add_argument("--smoke", action="store_true", help="tiny model, 4 steps: checks the script still runs")
     parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    args = parse(parser)
     if args.smoke:
         args.extra, args.steps, args.warmup = [*SMOKE, *args.extra], 4, 1
     torch.set_num_threads(args.threads)

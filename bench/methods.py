@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/methods.py                                   # tiny model -> bench/results/methods-tiny.json
     .venv/bin/python bench/methods.py --config examples/smollm2-countries.yaml --steps 12 --out bench/results/methods-smollm2.json
+    .venv/bin/python bench/methods.py --smoke --out /tmp/methods.json    # qlora and qdylora, 2 steps (seconds)
 
 Step time: every method's recipe is set up in this one process, then their optimizer steps are interleaved
 (step i of every method, in a rotating order, before step i+1 of any), so drift on a shared machine hits all
@@ -23,7 +24,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import REPO, TRAINING_LIBRARIES, stamp, write_result
+from _common import REPO, RESULTS, TRAINING_LIBRARIES, parse, parser as bench_parser, stamp, write_result
 
 # method -> overrides of the adapter section (the rest of the config is shared)
 METHODS = {
@@ -115,16 +116,19 @@ def _summarise(rows: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = bench_parser(smoke="the tiny config, qlora and qdylora, 2 steps: a smoke test of this script",
+                          out=RESULTS / "methods-tiny.json")
     parser.add_argument("--config", default=str(REPO / "examples" / "methods-tiny.yaml"))
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--set", dest="extra", action="append", default=[])
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "methods-tiny.json"))
     parser.add_argument("--jobs", type=int, default=1, help="memory runs side by side (each in its own process)")
     parser.add_argument("--alone", help=argparse.SUPPRESS)  # internal: one method's peak memory, in a subprocess
-    args = parser.parse_args()
+    args = parse(parser)
+    if args.smoke:
+        args.steps, args.warmup, args.methods = 2, 1, ["qlora", "qdylora"]
+        args.extra.append("baselines.methods=[]")  # the config's AdaLoRA baseline needs more steps than 2
     import tempfile
 
     scratch = Path(tempfile.mkdtemp(prefix="dyrank-bench-methods-"))

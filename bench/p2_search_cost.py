@@ -1,7 +1,7 @@
 """P2: what a rank search costs, in device-seconds at equal steps.
 
     python3 bench/p2_search_cost.py --out bench/results/p2_search_cost.json          # on a CUDA machine
-    python3 bench/p2_search_cost.py --tiny --out /tmp/p2.json                         # CPU smoke test
+    python3 bench/p2_search_cost.py --smoke --out /tmp/p2.json                        # CPU smoke test (seconds)
 
 P2a  ranks 1, 2, 4, 8, 16, 32, 64 known in advance:
      (1 QDyLoRA training + 7 evaluations) / (7 QLoRA trainings + 7 evaluations)             goal <= 0.2
@@ -11,18 +11,22 @@ P2b  every rank 1..64:
 
 Every training is the same number of steps on the same NF4 base, batch and data, timed from the base load to
 the last optimizer step; every evaluation is one pass over the same examples with the model already in
-memory (QLoRA's evaluations get no load cost, which favours the baseline).
+memory (QLoRA's evaluations get no load cost, which favours the baseline). The 8 trainings (QDyLoRA and the 7
+QLoRA ranks) are repeated `--repeats` times, interleaved in a rotating order so drift hits every arm alike;
+the ratios use the medians, and each repeat's own ratio gives the spread.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
+import tempfile
 from pathlib import Path
 
 import torch
 
-from _common import (Pad, header, lm_step, parser, random_examples, save_random_base, timed, tiny_or_smollm2,
-                     write_result)
+from _common import (Pad, header, lm_step, parse, parser, random_examples, save_random_base, spread, timed,
+                     tiny_or_smollm2, write_result)
 
 from evaluators.metrics import evaluate  # noqa: E402
 from trainers.adapters import attach_lora  # noqa: E402
@@ -59,39 +63,62 @@ def line_sum(xs: list[int], ys: list[float], upto: int) -> float:
     return sum(my + slope * (r - mx) for r in range(1, upto + 1))
 
 
+def ratios(dy_train: float, dy_eval: dict, q_train: dict, q_eval: dict) -> dict:
+    """P2a and P2b from one set of times (one repeat's, or the medians); q_* are keyed by the known ranks."""
+    known = sorted(q_train)
+    p2a_dy = dy_train + sum(dy_eval[r] for r in known)
+    p2a_q = sum(q_train[r] + q_eval[r] for r in known)
+    p2b_dy = dy_train + sum(dy_eval.values())
+    p2b_q = (line_sum(known, [q_train[r] for r in known], len(dy_eval))
+             + line_sum(known, [q_eval[r] for r in known], len(dy_eval)))
+    return {"P2a": {"qdylora_s": p2a_dy, "qlora_s": p2a_q, "ratio": p2a_dy / p2a_q},
+            "P2b": {"qdylora_s": p2b_dy, "qlora_s_extrapolated": p2b_q, "ratio": p2b_dy / p2b_q}}
+
+
 def main() -> None:
-    arguments = parser(tiny="tiny shape: a CPU smoke test of this script")
+    arguments = parser(smoke="tiny shape, 2 steps, 1 repeat: a CPU smoke test of this script")
     arguments.add_argument("--steps", type=int, default=40)
-    args = arguments.parse_args()
-    shape, shape_name = tiny_or_smollm2(args.tiny)
-    batch, seq, n_eval = (4, 64, 16) if args.tiny else (8, 256, 64)
+    arguments.add_argument("--repeats", type=int, default=3)
+    args = parse(arguments)
+    known, r_max = KNOWN_RANKS, 64
+    if args.smoke:  # seconds, not a measurement: fewer steps, ranks and examples
+        args.steps, args.repeats, known, r_max = 1, 1, [1, 4], 4
+    shape, shape_name = tiny_or_smollm2(args.smoke)
+    batch, seq, n_eval = (2, 32, 4) if args.smoke else (8, 256, 64)
     examples = random_examples(n_eval, seq, vocab=384)
     result = header("bench/p2_search_cost.py", shape_name)
-    result.update(steps=args.steps, batch=batch, seq=seq, eval_examples=n_eval)
-    import tempfile
+    result.update(steps=args.steps, batch=batch, seq=seq, eval_examples=n_eval, repeats=args.repeats)
+    arms = ["qdylora", *known]
+    train_s = {arm: [] for arm in arms}
+    eval_s = {"qdylora": {r: [] for r in range(1, r_max + 1)}, **{r: [] for r in known}}
     with tempfile.TemporaryDirectory() as tmp:
         base = save_random_base(shape, Path(tmp) / "base")
         scores = lambda model: evaluate(model, examples, Pad(), 16)["eval_loss"]  # noqa: E731
-        # QDyLoRA first and once; QLoRA trainings follow in rank order (each its own fresh base load).
-        model, dy_train = train(base, 64, True, args.steps, batch, seq, 384)
-        dy_eval = {}
-        for r in range(1, 65):
-            set_active_rank(model, r)
-            _, dy_eval[r] = timed(lambda: scores(model))
-        del model
-        q_train, q_eval = {}, {}
-        for r in KNOWN_RANKS:
-            model, q_train[r] = train(base, r, False, args.steps, batch, seq, 384)
-            _, q_eval[r] = timed(lambda: scores(model))
-            del model
-            print(f"qlora r{r}: train {q_train[r]:.2f} s, eval {q_eval[r]:.3f} s", flush=True)
-    p2a_dy = dy_train + sum(dy_eval[r] for r in KNOWN_RANKS)
-    p2a_q = sum(q_train.values()) + sum(q_eval.values())
-    p2b_dy = dy_train + sum(dy_eval.values())
-    p2b_q = line_sum(KNOWN_RANKS, [q_train[r] for r in KNOWN_RANKS], 64) + line_sum(KNOWN_RANKS, [q_eval[r] for r in KNOWN_RANKS], 64)
-    result.update(qdylora_train_s=dy_train, qdylora_eval_s=dy_eval, qlora_train_s=q_train, qlora_eval_s=q_eval,
-                  P2a={"qdylora_s": p2a_dy, "qlora_s": p2a_q, "ratio": p2a_dy / p2a_q},
-                  P2b={"qdylora_s": p2b_dy, "qlora_s_extrapolated": p2b_q, "ratio": p2b_dy / p2b_q})
+        for rep in range(args.repeats):
+            for arm in arms[rep % len(arms):] + arms[:rep % len(arms)]:  # each repeat starts one arm later
+                dynamic = arm == "qdylora"
+                model, seconds = train(base, r_max if dynamic else arm, dynamic, args.steps, batch, seq, 384)
+                train_s[arm].append(seconds)
+                if dynamic:
+                    for r in range(1, r_max + 1):
+                        set_active_rank(model, r)
+                        eval_s[arm][r].append(timed(lambda: scores(model))[1])
+                else:
+                    eval_s[arm].append(timed(lambda: scores(model))[1])
+                del model
+                print(f"repeat {rep} {arm}: train {seconds:.2f} s", flush=True)
+    median = statistics.median
+    each = [ratios(train_s["qdylora"][i], {r: v[i] for r, v in eval_s["qdylora"].items()},
+                   {r: train_s[r][i] for r in known}, {r: eval_s[r][i] for r in known})
+            for i in range(args.repeats)]
+    at_medians = ratios(median(train_s["qdylora"]), {r: median(v) for r, v in eval_s["qdylora"].items()},
+                        {r: median(train_s[r]) for r in known}, {r: median(eval_s[r]) for r in known})
+    for measure in ("P2a", "P2b"):
+        at_medians[measure]["ratio_per_repeat"] = spread([row[measure]["ratio"] for row in each])
+    result.update(qdylora_train_s=spread(train_s["qdylora"]),
+                  qdylora_eval_s={r: spread(v) for r, v in eval_s["qdylora"].items()},
+                  qlora_train_s={r: spread(train_s[r]) for r in known},
+                  qlora_eval_s={r: spread(eval_s[r]) for r in known}, raw_train_s=train_s, **at_medians)
     print("P2a", json.dumps(result["P2a"]), "\nP2b", json.dumps(result["P2b"]), flush=True)
     write_result(result, args.out)
 

@@ -1,6 +1,7 @@
 """P5: the rank sweep's wall time over 1, 2 and 4 evaluator actors, on SmolLM2-135M-Instruct and countries (CPU).
 
     .venv/bin/python bench/p5_fanout.py --out bench/results/p5_fanout.json
+    .venv/bin/python bench/p5_fanout.py --smoke --out /tmp/p5.json     # tiny model, 2 ranks, N = 1, 2 (seconds)
 
 The pipeline's own RankEvaluator actors (one base load each, dequantized once) on a private Ray; each actor
 holds one CPU and runs one torch thread, so actors do not fight over cores. The adapter is an r_max-64 LoRA with
@@ -21,7 +22,7 @@ from pathlib import Path
 import ray
 import torch
 
-from _common import header, parser, randomize_lora_b, spread, timed, write_result
+from _common import REPO, header, parse, parser, randomize_lora_b, spread, timed, write_result
 
 from orchestrator.actors import RankEvaluator, actor_options, read_adapter_files  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
@@ -58,19 +59,21 @@ def sweep(actors, ranks: list[int], files_ref) -> None:
 
 
 def main() -> None:
-    arguments = parser()
+    arguments = parser(smoke="examples/tiny.yaml's model and data, 2 ranks, N = 1 and 2 once: a smoke test of this script")
     arguments.add_argument("--ranks", type=int, default=16, help="ranks swept (1..N)")
     arguments.add_argument("--repeats", type=int, default=2)
     arguments.add_argument("--sizes", default="1,2,4")
     arguments.add_argument("--config", default=str(EXAMPLE), help="pipeline config whose model, data and evaluation to use")
-    args = arguments.parse_args()
+    args = parse(arguments)
+    if args.smoke:
+        args.config, args.ranks, args.repeats, args.sizes = str(REPO / "examples" / "tiny.yaml"), 2, 1, "1,2"
     sizes = [int(s) for s in args.sizes.split(",")]
     cfg = load_config(args.config, ["resources.evaluator_cpus=1"])
     ray.init(address="local", num_cpus=max(sizes), include_dashboard=False, log_to_driver=False)
     tmp = tempfile.TemporaryDirectory()
     files_ref = ray.put(read_adapter_files(random_adapter(cfg, Path(tmp.name) / "adapter")))
     ranks = list(range(1, args.ranks + 1))
-    pool = [RankEvaluator.options(**actor_options(cfg, "evaluator")).remote(cfg.model_dump(mode="json"), 1.0)
+    pool = [RankEvaluator.options(**actor_options(cfg, "evaluator")).remote(cfg.job(), 1.0)
             for _ in range(max(sizes))]
     ray.get([a.evaluate_rank.remote(cfg.adapter.r_max, "validation", "a", [files_ref]) for a in pool])  # load + attach + warm up
     times = {n: [] for n in sizes}

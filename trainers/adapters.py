@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from trainers.dropout import use_uniform_dropout
@@ -10,18 +10,19 @@ from trainers.dropout import use_uniform_dropout
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's file name for an adapter's weights
 
 
-def is_quantized(model) -> bool:
-    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
-
-
 def prepare_base(model, gradient_checkpointing: bool = True):
-    """QLoRA's preparation of a k-bit base (PEFT's prepare_model_for_kbit_training); on a 16-bit base only
-    the checkpointing, with inputs that require grads so a frozen base still back-propagates to adapters."""
-    if is_quantized(model):
-        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                               gradient_checkpointing_kwargs={"use_reentrant": False})
+    """QLoRA's preparation of a base: every base weight frozen; with checkpointing, inputs that require grads so
+    a frozen base still back-propagates to the adapters under recomputation.
+
+    Unlike PEFT's prepare_model_for_kbit_training, nothing is upcast to fp32: on a 4-bit base the embedding,
+    lm_head and norms stay in the compute dtype they were loaded in (the upcast made the embedding and lm_head
+    cost 4 bytes a parameter and the whole residual stream fp32; P4 in docs/benchmarks.md). The norms still
+    compute their statistics in fp32 inside (LlamaRMSNorm and its kin do), and the adapters' own weights are
+    fp32 whatever the base (PEFT's autocast_adapter_dtype)."""
+    for param in model.parameters():
+        param.requires_grad_(False)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     return model
 

@@ -198,6 +198,11 @@ class TrainingConfig(Section):
         "paged_adamw_32bit", description="bitsandbytes paged AdamW pages states to CPU under GPU memory pressure; non-paged on CPU."
     )
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward: less memory, ~30% more time.")
+    loss_chunk_tokens: bounded(2**24, 0) = Field(
+        0, description="Training loss computed from the last hidden states this many scored tokens at a time "
+        "(trainers/loss.py), so full-vocabulary fp32 logits never exist at once: less memory on large vocabularies, "
+        "same loss. 0: all scored tokens at once (still only they get logits, never the prompt's).",
+    )
     seed: Seed = Field(0, description="Seeds weights init, data order, dropout and the rank sampler (0..2**32-1).")
     log_every: PositiveInt = Field(1, description="Steps between progress-bar/metric updates.")
     checkpoint_every: PositiveInt = Field(50, description="Steps between resumable checkpoints.")

@@ -109,7 +109,7 @@ class FinetuneRecipe:
             batch = collate([self.train_examples[i] for i in ids], self.tokenizer.pad_token_id)
             with self.autocast():
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                loss = self.method.training_loss(self.model, batch) / t.grad_accum_steps
+                loss = self.method.training_loss(self.model, batch, self.cfg) / t.grad_accum_steps
             self.scaler.scale(loss).backward()
             total += loss.item()
         self.scaler.unscale_(self.optimizer)  # clip the true gradients (a no-op without fp16 loss scaling)

@@ -4,14 +4,16 @@ accelerate's `init_empty_weights` builds the model on the meta device (nothing i
 every parameter count below is exact; the bytes per parameter follow what our recipe really does:
 
   weights      NF4 linears: 4 bits + one uint8 absmax per 64 weights (+ fp32 per 256 absmaxes with double
-               quantization); the rest (embeddings, norms, lm_head) is upcast to fp32 by PEFT's
-               prepare_model_for_kbit_training. A 16/32-bit base keeps its load dtype everywhere.
+               quantization); the rest (embeddings, norms, lm_head) stays in the compute dtype it loads in
+               (trainers/adapters.py upcasts nothing). A 16/32-bit base keeps its load dtype everywhere.
   trainable    LoRA factors r * (d_in + d_out) per target linear, kept in fp32 by PEFT; same again for the
-               gradients; AdamW keeps two fp32 moments (8-bit AdamW: two bytes).
+               gradients; AdamW keeps two fp32 moments (8-bit AdamW: two bytes; bitsandbytes keeps tensors
+               under 4096 elements at 32 bits, which only matters for tiny models).
   activations  gradient checkpointing keeps each block's input (B*T*H) and recomputes one block at a time;
                at the loss, log-softmax output, its gradient and the logits' gradient are alive together
                (3 fp32 copies of B*T*V, whatever the logits' own dtype: measured 11.7-12.3 bytes per logit
-               on an H100, bench/p4_memory.py); an NF4 matmul dequantizes its weight to the compute dtype
+               on an H100, bench/p4_memory.py); with training.loss_chunk_tokens only one chunk of tokens has
+               logits at a time (trainers/loss.py). An NF4 matmul dequantizes its weight to the compute dtype
                for the duration of the call.
 
 The block term counts what a Llama block saves for backward with LoRA (dropout > 0) on every linear:
@@ -102,12 +104,13 @@ def dtype_bytes(dtype: torch.dtype) -> int:
 def estimate_training(shape: ModelShape, *, rank: int, batch: int, seq: int, load_in_4bit: bool,
                       compute_dtype: torch.dtype, base_dtype: torch.dtype | None = None, double_quant: bool = True,
                       optimizer: str = "paged_adamw_32bit", gradient_checkpointing: bool = True,
-                      role: str = "trainer") -> MemoryEstimate:
-    """One training actor: a LoRA-family adapter of `rank` on the base, one micro-batch of batch x seq."""
+                      loss_chunk_tokens: int = 0, role: str = "trainer") -> MemoryEstimate:
+    """One training actor: a LoRA-family adapter of `rank` on the base, one micro-batch of batch x seq; the loss
+    over `loss_chunk_tokens` tokens at a time (0: the model's own loss, all tokens at once)."""
     if load_in_4bit:
-        weights = nf4_bytes(shape.quantizable, double_quant) + shape.other * 4
-        act = 4  # the upcast fp32 embedding makes the residual stream fp32; NF4 linears return the input's dtype
-        transient = shape.largest_linear * dtype_bytes(compute_dtype)
+        act = dtype_bytes(compute_dtype)  # embedding and norms stay in the compute dtype: so does the residual stream
+        weights = nf4_bytes(shape.quantizable, double_quant) + shape.other * act
+        transient = shape.largest_linear * act
     else:
         act = dtype_bytes(base_dtype or compute_dtype)
         weights = (shape.quantizable + shape.other) * act
@@ -116,7 +119,10 @@ def estimate_training(shape: ModelShape, *, rank: int, batch: int, seq: int, loa
     states = 2 if optimizer == "paged_adamw_8bit" else 8
     tokens = batch * seq
     block = tokens * (BLOCK_HIDDEN * shape.hidden + BLOCK_MLP * shape.intermediate) * act
-    loss = tokens * shape.vocab * 12
+    if loss_chunk_tokens:  # one chunk's logits, plus the scored tokens' hidden states gathered for the lm_head
+        loss = min(tokens, loss_chunk_tokens) * shape.vocab * 12 + tokens * shape.hidden * act
+    else:
+        loss = tokens * shape.vocab * 12
     if gradient_checkpointing:
         activations = shape.layers * tokens * shape.hidden * act + max(block + transient, loss)
     else:
@@ -150,4 +156,5 @@ def estimate_job_training(shape: ModelShape, job, *, rank: int, role: str) -> Me
     return estimate_training(shape, rank=rank, batch=t.batch_size, seq=job.data.max_seq_len, load_in_4bit=q.load_in_4bit,
                              compute_dtype=resolve_compute_dtype(q.compute_dtype), base_dtype=base_dtype(job),
                              double_quant=q.double_quant, optimizer=t.optimizer,
-                             gradient_checkpointing=t.gradient_checkpointing, role=role)
+                             gradient_checkpointing=t.gradient_checkpointing,
+                             loss_chunk_tokens=t.loss_chunk_tokens, role=role)

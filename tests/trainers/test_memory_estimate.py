@@ -94,3 +94,27 @@ def test_galore_keeps_full_weights_and_gradients_but_projected_moments(tiny):
     assert small.optimizer < full.optimizer < 8 * params + 4 * shape.quantizable
     eight = estimate_galore(shape, rank=2, batch=4, seq=64, base_dtype=torch.float32, eight_bit=True)
     assert eight.optimizer < small.optimizer
+
+
+def test_chunked_loss_keeps_one_chunk_of_logits():
+    shape = model_shape(LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2))
+    kw = dict(load_in_4bit=True, rank=8, batch=8, seq=512, compute_dtype=torch.bfloat16)
+    whole = estimate_training(shape, **kw)
+    chunked = estimate_training(shape, loss_chunk_tokens=512, **kw)
+    assert whole.activations - chunked.activations == pytest.approx((8 * 512 - 512) * 49152 * 12, rel=0.01)
+    one_chunk = estimate_training(shape, loss_chunk_tokens=10**6, **kw)  # all tokens in one chunk: no saving
+    assert one_chunk.activations == pytest.approx(whole.activations, rel=1e-3)
+
+
+def test_plan_follows_the_jobs_loss_chunks_and_8_bit_optimizer(tiny):
+    from tests.conftest import tiny_job
+    from trainers.memory_estimate import estimate_job_training
+
+    shape = model_shape(tiny[1])
+    no_ckpt = "training.gradient_checkpointing=false"  # the loss term adds up (tiny vocabulary: a block costs more)
+    plain = estimate_job_training(shape, tiny_job(no_ckpt), rank=8, role="trainer")
+    chunked = estimate_job_training(shape, tiny_job(no_ckpt, "training.loss_chunk_tokens=1"), rank=8, role="trainer")
+    eight = estimate_job_training(shape, tiny_job("training.optimizer=paged_adamw_8bit"), rank=8, role="trainer")
+    assert chunked.activations < plain.activations
+    assert eight.optimizer == plain.optimizer // 4

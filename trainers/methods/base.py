@@ -38,11 +38,12 @@ class TrainingMethod:
         t = job.training
         return build_optimizer(t.optimizer, model.parameters(), t.lr, t.weight_decay)
 
-    def training_loss(self, model, batch: dict):
-        """The loss of one micro-batch: cross-entropy at the completion positions only (trainers/loss.py)."""
-        from trainers.loss import completion_loss
+    def training_loss(self, model, batch: dict, job):
+        """The loss of one micro-batch: cross-entropy at the scored positions only, in chunks if the job says so
+        (trainers/loss.py)."""
+        from trainers.loss import causal_lm_loss
 
-        return completion_loss(model, **batch)
+        return causal_lm_loss(model, batch, job.training.loss_chunk_tokens)
 
     def after_optimizer_step(self, model, step: int) -> None:
         """Called after `optimizer.step()` and before `zero_grad()` with the 1-based optimizer step (AdaLoRA)."""

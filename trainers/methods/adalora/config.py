@@ -32,3 +32,6 @@ def check_job(job) -> None:
                          f"{a.adalora.tfinal}) below training.max_steps ({job.training.max_steps}), as PEFT requires")
     if a.update_mode != "cumulative":
         raise ValueError("adapter.method adalora does not support adapter.update_mode: frozen (a DyLoRA option)")
+    if job.training.loss_chunk_tokens:
+        raise ValueError("adapter.method adalora does not support training.loss_chunk_tokens (its orthogonality "
+                         "regulariser is added only to the model's own loss): set it to 0")

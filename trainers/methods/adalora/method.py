@@ -25,7 +25,7 @@ class AdaLoraMethod(TrainingMethod):
         )
         return get_peft_model(base, config)
 
-    def training_loss(self, model, batch: dict):
+    def training_loss(self, model, batch: dict, job):
         """The model's own loss: AdaLoRA's forward adds its orthogonality regulariser to it."""
         return model(**batch).loss
 

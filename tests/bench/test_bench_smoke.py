@@ -1,0 +1,72 @@
+"""Every benchmark script runs end to end in its smoke mode (a tiny model built from a config, seconds), so a
+rename in the library breaks this test instead of a figure in docs/benchmarks.md. Each runs as its users run it
+(`python bench/NAME.py --smoke --out PATH`), in a fresh process with a time limit, writing its JSON to a temp path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent.parent
+BENCH = REPO / "bench"
+NOT_SCRIPTS = {"_common.py", "_eval_bench.py"}  # imported by the scripts, not run
+# scripts whose smoke run lives in a test of its own, which checks what it measures (not only that it ran)
+SMOKED_ELSEWHERE = {"multirank_eval.py": "test_multirank_smoke.py", "p3_eval_arms.py": "test_eval_bench_smoke.py",
+                    "g2_user_rank.py": "g2_time_to_rank.py runs it, once per grid rank"}
+# script -> (extra arguments, keys its JSON must hold)
+SMOKES = {
+    "accuracy.py": ([], ["rows"]),
+    "autocast_quality.py": ([], ["runs", "verdict"]),
+    "g1_trainer_peer.py": ([], ["arms", "checks", "raw_step_seconds"]),
+    "g2_time_to_rank.py": (["--set", "adapter.r_max=2"], ["ratio", "every_rank_extrapolated", "user_grid"]),
+    "dequantized_eval.py": ([], ["ratio_dequantized_over_nf4", "relative_loss_difference"]),
+    "gpu.py": (["--steps", "2"], ["P1", "P3"]),
+    "methods.py": ([], ["methods"]),
+    "p2_search_cost.py": ([], ["P2a", "P2b", "raw_train_s"]),
+    "p4_memory.py": ([], ["rows"]),
+    "p5_fanout.py": ([], ["speedup", "efficiency"]),
+    "tiny_pipeline_fanout.py": ([], ["summary", "sweep_speedup_2_over_1"]),
+}
+TIMEOUT_S = 300  # per script, on a loaded 2-core machine; on an idle one each takes seconds to tens of seconds
+
+
+def test_every_script_has_a_smoke_run():
+    scripts = {p.name for p in BENCH.glob("*.py")} - NOT_SCRIPTS
+    assert scripts - {"random_base.py"} == set(SMOKES) | set(SMOKED_ELSEWHERE), "a bench/ script without a smoke run"
+
+
+def _run(script: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
+    return subprocess.run([sys.executable, str(BENCH / script), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SMOKES))
+def test_smoke_run_writes_its_json(script, tmp_path):
+    args, keys = SMOKES[script]
+    out = tmp_path / "result.json"
+    done = _run(script, ["--smoke", *args, "--out", str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert all(key in result for key in keys), sorted(result)
+
+
+@pytest.mark.slow
+def test_random_base_builds_a_loadable_folder(tmp_path):
+    done = _run("random_base.py", ["tiny", str(tmp_path / "base")], tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(tmp_path / "base").hidden_size == 64
+
+
+def test_a_smoke_run_refuses_to_write_into_bench_results(tmp_path):
+    done = _run("p2_search_cost.py", ["--smoke", "--out", str(BENCH / "results" / "p2_search_cost.json")], tmp_path)
+    assert done.returncode == 2 and "bench/results" in done.stderr
