@@ -31,7 +31,7 @@ from _eval_bench import add_config_arguments, b_std, hf_loss, job_from_arguments
 
 from evaluators.session import EvalSession  # noqa: E402
 from trainers.export import export_adapter  # noqa: E402
-from trainers.models import base_dtype, dequantize_once, load_base_model, quant_settings, resolve_base  # noqa: E402
+from trainers.models import base_dtype, load_base_model, quant_settings, resolve_base  # noqa: E402
 
 RANKS = [1, 2, 4, 8, 16, 32, 48, 64]
 

@@ -16,22 +16,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from peft import PeftModel
 
 from trainers.batching import IGNORE_INDEX, eval_batches
-
-# Configs whose causal-LM head does more than `lm_head(hidden)` (softcapping, scaling): those get full logits.
-_HEAD_EXTRAS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-
-
-def _decoder_and_head(model):
-    """(decoder, lm_head) when logits are exactly lm_head(decoder(...).last_hidden_state), else None."""
-    causal = model.get_base_model() if isinstance(model, PeftModel) else model
-    decoder, head = getattr(causal, "base_model", causal), causal.get_output_embeddings()
-    if decoder is causal or head is None or any(getattr(causal.config, k, None) for k in _HEAD_EXTRAS):
-        return None
-    return decoder, head
-
+from trainers.loss import decoder_and_head
 
 def _gathered_logits(model, parts, input_ids, attention_mask, rows, cols) -> torch.Tensor:
     """Logits (len(rows), vocab) at positions (rows, cols) only."""
@@ -51,7 +38,7 @@ def completion_scores(model, examples: list[dict], pad_id: int, batch_size: int,
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # LoRA dropout off: every rank is scored deterministically
-    parts = _decoder_and_head(model)
+    parts = decoder_and_head(model)
     loss_sums, hits = [[] for _ in range(copies)], [[] for _ in range(copies)]
     tokens: list[int] = []
     try:

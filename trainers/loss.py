@@ -21,15 +21,21 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
-# Output transforms between lm_head and the loss that this function does not apply (Gemma 2's soft cap,
-# Cohere's logit scale): such a model must compute its own loss.
-_UNSUPPORTED_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale")
+from trainers.batching import IGNORE_INDEX
+
+# Output transforms between lm_head and the loss (Gemma 2's soft cap, Cohere's logit scale, Granite's scaling): a
+# model with one computes its own logits; bypassing its head would score something else.
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
-def _causal_lm(model):
-    """The transformers *ForCausalLM under a PEFT wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+def decoder_and_head(model):
+    """(decoder, lm_head) of a causal LM (under a PEFT wrapper or not) when its logits are exactly
+    lm_head(decoder(...).last_hidden_state), else None. Training and evaluation both score through it."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = getattr(causal, causal.base_model_prefix, causal), causal.get_output_embeddings()
+    if decoder is causal or head is None or any(getattr(causal.config, k, None) for k in LOGIT_TRANSFORMS):
+        return None
+    return decoder, head
 
 
 def _chunk_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor:
@@ -42,15 +48,14 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], chunk_tokens: int) -> 
     built `chunk_tokens` tokens at a time. A batch with no labelled token gives a zero loss (still a graph)."""
     if chunk_tokens < 0:
         raise ValueError(f"chunk_tokens must be 0 (one chunk) or more, got {chunk_tokens}")
-    lm = _causal_lm(model)
-    for name in _UNSUPPORTED_LOGIT_TRANSFORMS:
-        if getattr(lm.config, name, None) and chunk_tokens == 0:
-            return model(**batch).loss  # the model's own loss applies its transform; only chunking needs ours
-        if getattr(lm.config, name, None):
-            raise ValueError(f"{type(lm).__name__} applies {name} to its logits: chunked loss does not support it "
-                             "(use a method that computes its own loss)")
+    parts = decoder_and_head(model)
+    if parts is None and chunk_tokens == 0:
+        return model(**batch).loss  # the model's own loss applies its logit transform
+    if parts is None:
+        raise ValueError(f"{type(model).__name__} transforms its logits after the lm_head: a chunked loss cannot "
+                         "apply that (set training.loss_chunk_tokens: 0)")
+    decoder, lm_head = parts
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    decoder = getattr(lm, lm.base_model_prefix)  # LlamaModel etc.: hidden states, no logits
     hidden = decoder(**inputs, use_cache=False).last_hidden_state
     labels = batch["labels"].to(hidden.device)
     # position t predicts token t + 1, as the model's own loss shifts them
@@ -59,7 +64,6 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], chunk_tokens: int) -> 
     hidden, labels = hidden[scored], labels[scored]
     if labels.numel() == 0:
         return hidden.sum() * 0.0
-    lm_head = lm.get_output_embeddings()
     if chunk_tokens == 0 or chunk_tokens >= labels.numel():  # one chunk: nothing to recompute
         return _chunk_loss_sum(hidden, labels, lm_head) / labels.numel()
     total = hidden.new_zeros((), dtype=torch.float32)
