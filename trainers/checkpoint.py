@@ -157,6 +157,8 @@ def save_checkpoint(folder: Path, step: int, model, optimizer, scheduler, sample
                               "the older checkpoints are kept")
     for old in list_checkpoints(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    for torn in folder.glob(f"{CHECKPOINT_PREFIX}*.tmp"):  # a write a crash cut short: never loaded, now dropped
+        shutil.rmtree(torn, ignore_errors=True)
     return target
 
 
