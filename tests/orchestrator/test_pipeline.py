@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 
@@ -18,6 +19,7 @@ from tests.conftest import FIXTURES, tiny_config
 from tests.support.evaluator_faults import KILL_RANK_ENV, SCORE_LOG_ENV, score_log
 from tests.support.mlflow_record import record_of
 from trainers.batching import encode_all
+from trainers.costs import COST_KEYS
 from trainers.datasets.splits import load_splits
 from peft import PeftModel
 
@@ -109,6 +111,26 @@ def test_selected_rank_is_the_policy_applied_to_recorded_metrics(pipeline):
     assert {"adapter", "config.yaml", "report"} <= artifacts
     report = {a.path for a in MlflowClient(uri).list_artifacts(result.parent_run_id, "report")}
     assert {"report/rank_vs_metric.png", "report/ranks.csv", "report/summary.txt"} <= report
+
+
+def test_ranks_csv_holds_the_values_each_run_recorded(pipeline, tmp_path):
+    """report/ranks.csv, read back from the parent run: one row per rank and per baseline, each value the one its
+    own MLflow run recorded (costs for the trained jobs)."""
+    _, uri, result, _, runs = pipeline
+    path = MlflowClient(uri).download_artifacts(result.parent_run_id, "report/ranks.csv", str(tmp_path))
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    recorded = {("qdylora", int(r.data.params["rank"])): r.data.metrics for r in children(runs, result.parent_run_id, "eval")}
+    baselines = children(runs, result.parent_run_id, "baseline")
+    recorded |= {(r.data.params["method"], int(r.data.params["rank"])): r.data.metrics for r in baselines}
+    assert [(row["method"], int(row["rank"])) for row in rows] == sorted(recorded)
+    for row in rows:
+        metrics = recorded[(row["method"], int(row["rank"]))]
+        filled = {key: float(value) for key, value in row.items() if key not in ("method", "rank") and value != ""}
+        assert {"eval_loss", "eval_perplexity", "eval_exact_match"} <= filled.keys()
+        if row["method"] == "qlora":
+            assert set(COST_KEYS) <= filled.keys()
+        assert filled == pytest.approx({key: metrics[key] for key in filled}, rel=1e-9), row
 
 
 def test_record_keys_are_those_the_previous_release_wrote(pipeline):
