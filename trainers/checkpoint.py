@@ -2,9 +2,10 @@
 
 A checkpoint folder holds the trainable weights, the optimizer and scheduler state, every RNG the run
 draws from (torch CPU/CUDA, the rank sampler), the method's own state (AdaLoRA's importance averages and
-rank pattern) and the step, so a resumed run reaches bit-identical final weights. Folders are written under a temporary name, fsynced (files and folders) and renamed, so a
-crash mid-write leaves the previous checkpoint as the latest. Each holds `manifest.json` (size and sha256
-of every file): a checkpoint zeroed or cut short by a disk fault fails verification, is skipped with a
+rank pattern) and the step, so a resumed run reaches bit-identical final weights. Folders are written under
+a temporary name, fsynced (files and folders) and renamed, so a crash mid-write leaves the previous
+checkpoint as the latest (the half-written `.tmp` folder is never loaded, and removed by the next save).
+Each holds `manifest.json` (size and sha256 of every file): a checkpoint zeroed or cut short by a disk fault fails verification, is skipped with a
 warning and the one before it is used; a new checkpoint is verified before older ones are deleted.
 Checkpoints that exist but none of which verifies are an error, never a silent fresh start.
 """
@@ -67,7 +68,8 @@ def _nest(*flats: dict) -> dict:
 
 def optimizer_from_files(tensors: dict, meta: dict) -> dict:
     nested = _nest(tensors, meta["scalars"]).get("state", {})
-    return {"state": {int(index): per_param for index, per_param in nested.items()}, "param_groups": meta["param_groups"]}
+    return {"state": {int(index): per_param for index, per_param in nested.items()},
+            "param_groups": meta["param_groups"]}
 
 
 def method_state_to_files(state: dict) -> tuple[dict, dict]:
@@ -188,8 +190,8 @@ def latest_valid_checkpoint(folder: Path) -> Path | None:
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, sampler, method=None) -> int:
     """Restore everything saved by `save_checkpoint` (the method's state through `method.load_state_dict`,
-    given None for a checkpoint that predates method state); returns the step it was taken at. A damaged checkpoint
-    (truncated file, edited JSON) is a ValueError naming the folder, not a traceback from the reader."""
+    given None for a checkpoint that predates method state); returns the step it was taken at. A damaged
+    checkpoint (truncated file, edited JSON) is a ValueError naming the folder, not a traceback from the reader."""
     from safetensors import SafetensorError
 
     try:
@@ -213,8 +215,9 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, sampler, method) -
     restore_rng(rng)
     if sampler:
         sampler.load_state_dict({k.removeprefix("sampler_"): v for k, v in rng.items() if k.startswith("sampler_")})
-    if method:
-        has_state = (path / METHOD_SCALARS).is_file()
-        method.load_state_dict(model, _nest(load_file(path / METHOD_TENSORS), json.loads((path / METHOD_SCALARS).read_text()))
-                               if has_state else None)
+    if method and (path / METHOD_SCALARS).is_file():
+        method.load_state_dict(model, _nest(load_file(path / METHOD_TENSORS),
+                                            json.loads((path / METHOD_SCALARS).read_text())))
+    elif method:  # written by a dyrank from before checkpoints held method state
+        method.load_state_dict(model, None)
     return state["step"]

@@ -4,8 +4,9 @@ CUDA: `torch.cuda.max_memory_allocated` after a reset (tensors only, the allocat
 plus the optimizer states bitsandbytes' paged optimizers keep in CUDA unified memory, which torch's allocator
 never sees (they stay resident on the card while it has room, so they count against it).
 CPU: the process's peak resident set (Linux VmHWM, reset through /proc/self/clear_refs) minus its
-resident set when the measurement started (after memory freed earlier went back to the OS). That counts every allocation of the run (model load, optimizer
-state, activations), torch's or not, without tracing each one. `kind` says which of the two a number is.
+resident set when the measurement started (after memory freed earlier went back to the OS). That counts
+every allocation of the run (model load, optimizer state, activations), torch's or not, without tracing
+each one. `kind` says which of the two a number is.
 """
 
 from __future__ import annotations

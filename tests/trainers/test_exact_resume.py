@@ -52,3 +52,20 @@ def test_interrupted_and_resumed_run_saves_the_same_weights(tmp_path, case):
     assert pattern_a == pattern_b
     if job.adapter.method == "adalora":
         assert pattern_a and not all(all(mask) for mask in pattern_a.values()), "the final allocation pruned ranks"
+
+
+def test_an_adalora_checkpoint_from_before_method_state_resumes_with_a_warning(tmp_path, caplog):
+    """A checkpoint written by a dyrank that did not save method state still resumes (not exactly: it says so)."""
+    from trainers import checkpoint as ckpt
+
+    job = tiny_job(*STEPS, *ADALORA)
+    with pytest.raises(Interrupt):
+        train(job, tmp_path, on_step=stop_at(6), progress=False)
+    [checkpoint] = ckpt.list_checkpoints(tmp_path / "checkpoints")
+    for name in (ckpt.METHOD_TENSORS, ckpt.METHOD_SCALARS):
+        (checkpoint / name).unlink()
+    ckpt.write_manifest(checkpoint)
+    with caplog.at_level("WARNING", logger="dyrank.adalora"):
+        resumed = train(job, tmp_path, progress=False)
+    assert resumed.resumed_from == 4 and resumed.steps == 12
+    assert "predates AdaLoRA state" in caplog.text
