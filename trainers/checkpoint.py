@@ -1,10 +1,11 @@
 """Resumable checkpoints without pickle: tensors in safetensors, everything else in JSON.
 
 A checkpoint folder holds the trainable weights, the optimizer and scheduler state, every RNG the run
-draws from (torch CPU/CUDA, the rank sampler) and the step, so a resumed run reaches bit-identical
-final weights. Folders are written under a temporary name, fsynced (files and folders) and renamed, so a
-crash mid-write leaves the previous checkpoint as the latest. Each holds `manifest.json` (size and sha256
-of every file): a checkpoint zeroed or cut short by a disk fault fails verification, is skipped with a
+draws from (torch CPU/CUDA, the rank sampler), the method's own state (AdaLoRA's importance averages and
+rank pattern) and the step, so a resumed run reaches bit-identical final weights. Folders are written under
+a temporary name, fsynced (files and folders) and renamed, so a crash mid-write leaves the previous
+checkpoint as the latest (the half-written `.tmp` folder is never loaded, and removed by the next save).
+Each holds `manifest.json` (size and sha256 of every file): a checkpoint zeroed or cut short by a disk fault fails verification, is skipped with a
 warning and the one before it is used; a new checkpoint is verified before older ones are deleted.
 Checkpoints that exist but none of which verifies are an error, never a silent fresh start.
 """
@@ -24,6 +25,7 @@ from trainers.paths import sha256_file
 
 CHECKPOINT_PREFIX = "step-"
 MANIFEST = "manifest.json"
+METHOD_TENSORS, METHOD_SCALARS = "method_state.safetensors", "method_state.json"  # TrainingMethod.state_dict
 _log = logging.getLogger("dyrank.checkpoint")
 
 
@@ -51,16 +53,30 @@ def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     return tensors, {"scalars": scalars, "param_groups": state["param_groups"]}
 
 
-def optimizer_from_files(tensors: dict, meta: dict) -> dict:
-    state: dict[int, dict] = {}
-    for flat in (tensors, meta["scalars"]):
+def _nest(*flats: dict) -> dict:
+    """The inverse of `_split_tensors`: path-named values back into nested dicts."""
+    tree: dict = {}
+    for flat in flats:
         for name, value in flat.items():
-            _, index, *path = name.split("/")
-            node = state.setdefault(int(index), {})
-            for part in path[:-1]:
+            *path, leaf = name.split("/")
+            node = tree
+            for part in path:
                 node = node.setdefault(part, {})
-            node[path[-1]] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
+            node[leaf] = value
+    return tree
+
+
+def optimizer_from_files(tensors: dict, meta: dict) -> dict:
+    nested = _nest(tensors, meta["scalars"]).get("state", {})
+    return {"state": {int(index): per_param for index, per_param in nested.items()},
+            "param_groups": meta["param_groups"]}
+
+
+def method_state_to_files(state: dict) -> tuple[dict, dict]:
+    """A method's own training state (TrainingMethod.state_dict) as safetensors tensors plus JSON scalars."""
+    tensors, scalars = {}, {}
+    _split_tensors(state, "", tensors, scalars)
+    return tensors, scalars
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -114,7 +130,9 @@ def verify_checkpoint(path: Path) -> str | None:
     return None
 
 
-def save_checkpoint(folder: Path, step: int, model, optimizer, scheduler, sampler, keep: int) -> Path:
+def save_checkpoint(folder: Path, step: int, model, optimizer, scheduler, sampler, keep: int, method=None) -> Path:
+    """Write a checkpoint of everything a bit-identical resume needs; `method` (a TrainingMethod) adds its own
+    state (e.g. AdaLoRA's importance averages and rank pattern) from `method.state_dict(model)`."""
     folder = Path(folder)
     target = folder / f"{CHECKPOINT_PREFIX}{step:08d}"
     tmp = target.with_name(target.name + ".tmp")
@@ -127,6 +145,9 @@ def save_checkpoint(folder: Path, step: int, model, optimizer, scheduler, sample
     rng = rng_state() | {f"sampler_{k}": v for k, v in (sampler.state_dict() if sampler else {}).items()}
     save_file(rng, tmp / "rng.safetensors")
     (tmp / "state.json").write_text(json.dumps({"step": step, "scheduler": scheduler.state_dict()}))
+    method_tensors, method_scalars = method_state_to_files(method.state_dict(model) if method else {})
+    save_file(method_tensors, tmp / METHOD_TENSORS)
+    (tmp / METHOD_SCALARS).write_text(json.dumps(method_scalars))
     write_manifest(tmp)
     fsync_tree(tmp)  # every byte on disk before the name says "complete"
     shutil.rmtree(target, ignore_errors=True)
@@ -138,6 +159,8 @@ def save_checkpoint(folder: Path, step: int, model, optimizer, scheduler, sample
                               "the older checkpoints are kept")
     for old in list_checkpoints(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    for torn in folder.glob(f"{CHECKPOINT_PREFIX}*.tmp"):  # a write a crash cut short: never loaded, now dropped
+        shutil.rmtree(torn, ignore_errors=True)
     return target
 
 
@@ -165,19 +188,20 @@ def latest_valid_checkpoint(folder: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, sampler) -> int:
-    """Restore everything saved by `save_checkpoint`; returns the step it was taken at. A damaged checkpoint
-    (truncated file, edited JSON) is a ValueError naming the folder, not a traceback from the reader."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, sampler, method=None) -> int:
+    """Restore everything saved by `save_checkpoint` (the method's state through `method.load_state_dict`,
+    given None for a checkpoint that predates method state); returns the step it was taken at. A damaged
+    checkpoint (truncated file, edited JSON) is a ValueError naming the folder, not a traceback from the reader."""
     from safetensors import SafetensorError
 
     try:
-        return _load_checkpoint(Path(path), model, optimizer, scheduler, sampler)
+        return _load_checkpoint(Path(path), model, optimizer, scheduler, sampler, method)
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ValueError(f"{path}: damaged checkpoint ({type(exc).__name__}: {str(exc)[:200]}); move it aside to "
                          "resume from the one before") from None
 
 
-def _load_checkpoint(path: Path, model, optimizer, scheduler, sampler) -> int:
+def _load_checkpoint(path: Path, model, optimizer, scheduler, sampler, method) -> int:
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in load_file(path / "trainable.safetensors").items():
@@ -191,4 +215,9 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, sampler) -> int:
     restore_rng(rng)
     if sampler:
         sampler.load_state_dict({k.removeprefix("sampler_"): v for k, v in rng.items() if k.startswith("sampler_")})
+    if method and (path / METHOD_SCALARS).is_file():
+        method.load_state_dict(model, _nest(load_file(path / METHOD_TENSORS),
+                                            json.loads((path / METHOD_SCALARS).read_text())))
+    elif method:  # written by a dyrank from before checkpoints held method state
+        method.load_state_dict(model, None)
     return state["step"]

@@ -85,7 +85,8 @@ class FinetuneRecipe:
         self.start_step = 0
         latest = ckpt.latest_valid_checkpoint(self.out_dir / CHECKPOINT_DIR)  # skips (and warns about) bad ones
         if latest is not None:
-            self.start_step = ckpt.load_checkpoint(latest, self.model, self.optimizer, self.scheduler, self.sampler)
+            self.start_step = ckpt.load_checkpoint(latest, self.model, self.optimizer, self.scheduler, self.sampler,
+                                                   self.method)
         self._truncate_metrics(self.start_step)
 
     def _truncate_metrics(self, step: int) -> None:
@@ -151,7 +152,7 @@ class FinetuneRecipe:
                     bar.set_postfix(loss=f"{last['train_loss']:.4f}", rank=last["rank"])
                 if last["step"] % t.checkpoint_every == 0 and last["step"] < t.max_steps:
                     ckpt.save_checkpoint(self.out_dir / CHECKPOINT_DIR, last["step"], self.model, self.optimizer,
-                                         self.scheduler, self.sampler, t.keep_checkpoints)
+                                         self.scheduler, self.sampler, t.keep_checkpoints, self.method)
         seconds = time.perf_counter() - started
         peak = self.memory.peak_bytes(self.optimizer)
         adapter_dir = self.save()

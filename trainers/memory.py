@@ -4,12 +4,14 @@ CUDA: `torch.cuda.max_memory_allocated` after a reset (tensors only, the allocat
 plus the optimizer states bitsandbytes' paged optimizers keep in CUDA unified memory, which torch's allocator
 never sees (they stay resident on the card while it has room, so they count against it).
 CPU: the process's peak resident set (Linux VmHWM, reset through /proc/self/clear_refs) minus its
-resident set when the measurement started. That counts every allocation of the run (model load, optimizer
-state, activations), torch's or not, without tracing each one. `kind` says which of the two a number is.
+resident set when the measurement started (after memory freed earlier went back to the OS). That counts
+every allocation of the run (model load, optimizer state, activations), torch's or not, without tracing
+each one. `kind` says which of the two a number is.
 """
 
 from __future__ import annotations
 
+import ctypes
 import re
 from pathlib import Path
 
@@ -24,6 +26,15 @@ def _status_kib(field: str) -> int | None:
     except OSError:
         return None
     return int(match.group(1)) if match else None
+
+
+def _release_freed_heap() -> None:
+    """Hand memory freed before the run back to the OS (glibc's malloc_trim), so the run's allocations cannot
+    reuse still-resident freed pages unseen: the RSS delta would then undercount the run."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the delta may undercount after earlier large frees
+        pass
 
 
 class PeakMemory:
@@ -41,6 +52,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start_bytes = torch.cuda.memory_allocated(self.device)
             return self
+        _release_freed_heap()
         try:
             Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
         except OSError:

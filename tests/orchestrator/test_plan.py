@@ -11,12 +11,33 @@ from orchestrator.plan import check_fits, plan
 from tests.conftest import TINY_YAML, tiny_config
 
 
-def test_plan_prints_every_actor(capsys):
+def _lora_mib(rank: int) -> float:
+    """fp32 LoRA factors of `rank` on every linear of the tiny Llama's blocks, from its shape alone:
+    each (in -> out) linear gets rank * (in + out) parameters."""
+    from trainers.presets import PRESETS
+
+    c = PRESETS["tiny-llama"]
+    h, i, kv = c["hidden_size"], c["intermediate_size"], c["num_key_value_heads"] * c["hidden_size"] // c["num_attention_heads"]
+    per_block = (h + h) + 2 * (h + kv) + (h + h) + 2 * (h + i) + (i + h)  # q, k and v, o, gate and up, down
+    return rank * per_block * c["num_hidden_layers"] * 4 / 2**20
+
+
+def test_plan_prints_one_row_per_actor_with_the_adapter_sizes_of_the_model_shape(capsys):
     assert main(["plan", str(TINY_YAML)]) == 0
     out = capsys.readouterr().out
-    for role in ("trainer qdylora r8", "trainer qlora-r2", "trainer qlora-r8", "evaluator"):
-        assert role in out
-    assert "CPU" in out and "DOES NOT FIT" not in out
+    header, *lines = out[out.index("actor (MiB)"):].strip().splitlines()
+    rows = {line[:30].strip(): line[30:].split() for line in lines}
+    assert list(rows) == ["trainer qdylora r8", "trainer qlora-r2", "trainer qlora-r8", "evaluator"] == \
+        [line[:30].strip() for line in lines]
+    for role, rank in (("trainer qdylora r8", 8), ("trainer qlora-r2", 2), ("trainer qlora-r8", 8), ("evaluator", 8)):
+        *cells, budget = rows[role]
+        weights, adapter, grads, optim, activations, peak = map(float, cells)
+        assert budget == "CPU"
+        assert adapter == pytest.approx(_lora_mib(rank), abs=0.006), role
+        trains = role.startswith("trainer")
+        assert grads == (adapter if trains else 0.0), role  # one gradient per trainable weight, same dtype
+        assert optim == pytest.approx(2 * _lora_mib(rank) if trains else 0.0, abs=0.006), role  # AdamW: 2 moments
+        assert peak == pytest.approx(weights + adapter + grads + optim + activations, abs=0.03), role
 
 
 def test_plan_refuses_what_does_not_fit(capsys):

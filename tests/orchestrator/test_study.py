@@ -160,9 +160,13 @@ def test_study_run_nests_every_trial_pipeline_with_best_params(tiny_study):
             assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
         assert json.loads(run.data.tags["dyrank.trial_params"]) == trial.params
         assert float(run.data.params["training.lr"]) == pytest.approx(trial.params["training.lr"])
-        if trial.state == TrialState.COMPLETE:
+        if trial.state == TrialState.COMPLETE:  # policy best: the lowest validation loss its eval runs recorded
+            evals = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id
+                     and r.data.tags.get("dyrank.kind") == "eval"]
+            assert trial.value == pytest.approx(min(r.data.metrics["eval_loss"] for r in evals))
             assert run.data.metrics["best_eval_loss"] == pytest.approx(trial.value)
     best = study.best_trial
+    assert best.value == min(t.value for t in trials if t.state == TrialState.COMPLETE)  # direction: minimize
     assert study_run.data.metrics["best_value"] == pytest.approx(best.value)
     assert int(study_run.data.metrics["best_trial"]) == best.number
     assert {k.removeprefix("best."): v for k, v in study_run.data.tags.items() if k.startswith("best.")} == \

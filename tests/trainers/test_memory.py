@@ -1,5 +1,7 @@
 """trainers/memory.py: what a run's recorded peak memory and saved bytes count."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -25,11 +27,27 @@ def test_paged_optimizer_bytes_counts_only_paged_state():
     assert paged_optimizer_bytes(_optimizer_with_state(paged=True)) == 2 * 1000 * 4
 
 
-def test_cpu_peak_counts_an_allocation_made_after_start():
+def test_cpu_peak_counts_an_allocation_made_after_start_and_not_an_earlier_peak():
+    earlier = torch.ones(256 * 2**20 // 4)  # 256 MiB touched then freed: the process's peak RSS is now that high
+    del earlier
     memory = PeakMemory(torch.device("cpu")).start()
+    if memory.kind == "cpu_peak_rss_delta_unreset":
+        pytest.skip("this kernel does not let a process reset its peak RSS (/proc/self/clear_refs)")
     block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-    assert memory.peak_bytes() >= 60 * 2**20
+    peak = memory.peak_bytes()
     del block
+    assert 60 * 2**20 <= peak < 160 * 2**20, "the 256 MiB peak from before start() must not be counted"
+
+
+def test_cpu_peak_says_when_it_could_not_reset_the_earlier_peak(monkeypatch):
+    real_write = Path.write_text
+
+    def refuse_clear_refs(self, *args, **kwargs):
+        if self.name == "clear_refs":
+            raise PermissionError(13, "Permission denied")
+        return real_write(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "write_text", refuse_clear_refs)
+    assert PeakMemory(torch.device("cpu")).start().kind == "cpu_peak_rss_delta_unreset"
 
 
 def test_folder_bytes_sums_every_file(tmp_path):

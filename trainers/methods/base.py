@@ -1,6 +1,7 @@
 """The verbs every method gives the training recipe and the planner; a method overrides only what it does
 differently. The recipe (trainers/finetune.py) calls attach -> build_optimizer -> (train steps, each followed
-by after_optimizer_step) -> save and artifacts; `dyrank plan` calls estimate_memory."""
+by after_optimizer_step) -> save and artifacts; checkpoints hold state_dict beside the weights (restored by
+load_state_dict); `dyrank plan` calls estimate_memory."""
 
 from __future__ import annotations
 
@@ -47,6 +48,15 @@ class TrainingMethod:
 
     def after_optimizer_step(self, model, step: int) -> None:
         """Called after `optimizer.step()` and before `zero_grad()` with the 1-based optimizer step (AdaLoRA)."""
+
+    def state_dict(self, model) -> dict:
+        """Training state the method keeps outside the weights and the optimizer (AdaLoRA's running importance
+        scores), for a checkpoint: nested dicts of tensors and JSON values. A method with none returns {}."""
+        return {}
+
+    def load_state_dict(self, model, state: dict | None) -> None:
+        """Restore what `state_dict` returned, on a freshly attached model; None: the checkpoint predates
+        method state (dyrank before checkpoints carried it)."""
 
     def save(self, model, job, out_dir: Path) -> Path:
         """A PEFT adapter in safetensors plus dyrank's meta (the ranks it serves); override to save otherwise."""

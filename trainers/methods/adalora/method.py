@@ -8,10 +8,14 @@ its orthogonality regulariser only to a loss it computed itself; the recipe alwa
 
 from __future__ import annotations
 
+import logging
+
 from peft import AdaLoraConfig, get_peft_model
 
 from trainers.adapters import prepare_base
 from trainers.methods.base import TrainingMethod
+
+_log = logging.getLogger("dyrank.adalora")
 
 
 class AdaLoraMethod(TrainingMethod):
@@ -32,6 +36,25 @@ class AdaLoraMethod(TrainingMethod):
     def after_optimizer_step(self, model, step: int) -> None:
         # 1-based: the last step equals total_step - tfinal when tfinal is 0, which fixes the final budget
         model.base_model.update_and_allocate(step)
+
+    # The RankAllocator's running importance scores steer every later allocation, and the rank pattern is what
+    # the steps after total_step - tfinal re-apply: both live outside the weights, so checkpoints carry them.
+    def state_dict(self, model) -> dict:
+        allocator = model.base_model.rankallocator
+        return {"ipt": dict(allocator.ipt), "exp_avg_ipt": dict(allocator.exp_avg_ipt),
+                "exp_avg_unc": dict(allocator.exp_avg_unc),
+                "rank_pattern": model.peft_config["default"].rank_pattern}
+
+    def load_state_dict(self, model, state: dict | None) -> None:
+        if state is None:
+            _log.warning("this checkpoint predates AdaLoRA state in checkpoints: the importance scores restart "
+                         "from zero and the resumed run is not identical to an uninterrupted one")
+            return
+        allocator = model.base_model.rankallocator
+        devices = {name: p.device for name, p in model.base_model.model.named_parameters()}
+        for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+            setattr(allocator, key, {n: t.to(devices[n]) for n, t in state.get(key, {}).items()})
+        model.peft_config["default"].rank_pattern = state.get("rank_pattern")
 
     # save: the base class's; PEFT's save_pretrained drops the pruned ranks (rank_pattern)
 
