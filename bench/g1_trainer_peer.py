@@ -18,12 +18,14 @@ Interleaving: the peer's training loop drives the run; a callback runs one step 
 peer step, the peer's position in the order rotating, so drift on a shared machine hits all arms alike. The
 first `--warmup` steps are not timed. Checks that the arms are comparable (recorded, and the script stops if one
 fails): trainable parameters equal, the tokens of every step equal, and the first step's loss (B = 0, so the
-base's loss on that batch) equal across arms within bf16 rounding. Raw per-step times are kept in the JSON.
+base's loss on that batch) equal across arms within bf16 rounding. Per-step training losses of every arm are kept
+(the peer logs every step), so a reader sees that all of them train alike. Raw per-step times are kept in the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -87,11 +89,12 @@ def peer_trainer(job, recipe, steps: int, out: Path, callback):
     compute = resolve_compute_dtype(job.quantization.compute_dtype)
     args = TrainingArguments(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=t.batch_size, learning_rate=t.lr,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=round(t.warmup_ratio * steps),
+        lr_scheduler_type="constant_with_warmup", warmup_steps=math.ceil(t.warmup_ratio * steps),  # as the recipe: trainers/finetune.py
         max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, optim=PEER_OPTIMIZERS[t.optimizer],
         bf16=compute == torch.bfloat16, fp16=compute == torch.float16,
         gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False},
-        logging_steps=10, save_strategy="no", report_to=[], disable_tqdm=True, remove_unused_columns=False,
+        logging_steps=1,  # per-step losses, to check it trains as the other arms do
+        save_strategy="no", report_to=[], disable_tqdm=True, remove_unused_columns=False,
         dataloader_num_workers=0, seed=t.seed, use_cpu=recipe.device.type == "cpu",
     )
     trainer = OrderedTrainer(model=model, args=args, train_dataset=ordered, data_collator=collate_and_count,
@@ -153,14 +156,14 @@ def run(config: str, steps: int, warmup: int, extra: list[str], scratch: Path, a
 
     trainer, peer_tokens = peer_trainer(first.cfg, first, steps, scratch / "peer", Interleave())
     peer_params = trainable_params(trainer.model)
-    first_peer_loss = _first_loss(trainer, first, steps)
     trainer.train()
 
     checks = {
         "trainable_params": {"peer": peer_params, **{n: trainable_params(r.model) for n, r in recipes.items()}},
         "tokens_equal": peer_tokens[:steps] == dyrank_tokens,
         "tokens_per_step": dyrank_tokens,
-        "first_step_loss": {"peer": first_peer_loss, **{n: losses[n][0] for n in arms}},
+        # step 1's loss: every B is still zero, so it is the base's loss on batch 0 under each arm's autocast
+        "first_step_loss": {n: losses[n][0] for n in ["peer", *arms]},
     }
     if len(set(checks["trainable_params"].values())) != 1:
         raise SystemExit(f"arms train different parameter counts: {checks['trainable_params']}")
@@ -170,15 +173,6 @@ def run(config: str, steps: int, warmup: int, extra: list[str], scratch: Path, a
     if spread_loss > 0.02:
         raise SystemExit(f"first-step losses differ by {spread_loss:.1%}: {checks['first_step_loss']}")
     return {"times": times, "losses": losses, "checks": checks}
-
-
-def _first_loss(trainer, recipe, steps: int) -> float:
-    """The peer's loss on step 0's batch before training (its B is zero: the base's loss under its autocast)."""
-    from trainers.batching import collate
-
-    batch = collate([recipe.train_examples[i] for i in recipe.schedule.indices(0)], recipe.tokenizer.pad_token_id)
-    with torch.no_grad(), trainer.autocast_smart_context_manager():
-        return float(trainer.model(**{k: v.to(recipe.device) for k, v in batch.items()}).loss)
 
 
 def paired_bootstrap(ratios: list[float], samples: int = 2000, seed: int = 0) -> tuple[float, float]:
