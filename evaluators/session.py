@@ -15,7 +15,7 @@ from evaluators.metrics import evaluate, generate_exact_match
 from trainers.batching import encode_all
 from trainers.config import JobConfig
 from trainers.datasets.splits import load_splits
-from trainers.methods.base import read_adapter_meta
+from trainers.methods.base import read_adapter_meta, scaling_rank
 from trainers.methods.qdylora import attach_dynamic_rank, set_active_rank
 from trainers.models import base_dtype, dequantize_once, load_base_model, load_tokenizer, quant_settings, resolve_base
 
@@ -33,6 +33,7 @@ class EvalSession:
             self.model = dequantize_once(self.model, cfg.quantization.compute_dtype)
         self.base_loads = 1  # and it stays 1: ranks switch in place, adapters attach to this base
         self.base, self.dynamic = self.model, False
+        self.scale_rank = None  # None: a rank-b slice is scaled alpha/b; an int r: alpha/r at every b (qlora-svd)
         limit = cfg.evaluation.max_samples
         splits = load_splits(cfg.data)
         self.records = {name: splits[name][:limit] for name in SPLIT_PREFIX}
@@ -51,26 +52,30 @@ class EvalSession:
             return
         self.model = PeftModel.from_pretrained(self.base, str(adapter_dir), is_trainable=False).eval()
         self.dynamic = bool(meta["dynamic"])
+        self.scale_rank = scaling_rank(meta)
         if self.dynamic:
             attach_dynamic_rank(self.model)
 
-    def score(self, split: str, rank: int | None, generate: bool = False, intervals: bool = False) -> dict:
+    def score(self, split: str, rank: int | None, generate: bool = False, intervals: bool = False,
+              per_example: dict | None = None) -> dict:
         """Metrics on `split` at `rank`; rank None scores the base alone (zero-shot). With `intervals`,
-        bootstrap 95% intervals over examples as `*_ci_low` / `*_ci_high`."""
+        bootstrap 95% intervals over examples as `*_ci_low` / `*_ci_high`. With `per_example` (a dict), it
+        receives the per-example columns (evaluators/metrics.py `evaluate`): what paired comparisons read."""
         if not self.records[split]:
             raise ValueError(f"the {split} split is empty")
         if rank is None and isinstance(self.model, PeftModel):
             with self.model.disable_adapter():
-                return self._score(self.model, split, generate, intervals)
+                return self._score(self.model, split, generate, intervals, per_example)
         if rank is None:
-            return self._score(self.base, split, generate, intervals)
+            return self._score(self.base, split, generate, intervals, per_example)
         if self.dynamic:
-            set_active_rank(self.model, rank)
-        return self._score(self.model, split, generate, intervals)
+            set_active_rank(self.model, rank, scale_rank=self.scale_rank)
+        return self._score(self.model, split, generate, intervals, per_example)
 
-    def _score(self, model, split: str, generate: bool, intervals: bool) -> dict:
+    def _score(self, model, split: str, generate: bool, intervals: bool, per_example: dict | None) -> dict:
         batch = self.cfg.evaluation.batch_size
-        per_example = {} if intervals else None
+        if per_example is None and intervals:
+            per_example = {}
         row = evaluate(model, self.examples[split], self.tokenizer, batch, per_example=per_example)
         if generate:
             row.update(generate_exact_match(model, self.records[split], self.tokenizer, batch_size=batch,

@@ -68,7 +68,7 @@ class FinetuneRecipe:
         base = load_base_model(self.base_path, quant_settings(cfg), base_dtype(cfg),
                                trust_remote_code=cfg.model.trust_remote_code, device=self.device)
         self.model = self.method.attach(base, cfg)
-        self.sampler = RankSampler(a.r_min, a.r_max, seed=t.seed + 1) if a.dynamic else None
+        self.sampler = RankSampler(a.r_min, a.r_max, seed=t.seed + 1) if a.dynamic and a.spec.samples_rank else None
         self.train_examples = encode_all(splits["train"], self.tokenizer, cfg.data.max_seq_len, cfg.data.packing)
         self.schedule = BatchSchedule(len(self.train_examples), t.batch_size, t.seed)
         self.optimizer = self.method.build_optimizer(self.model, cfg)
