@@ -22,7 +22,10 @@ Selector = Callable[[Mapping[int, PerExample]], int]
 
 
 def metric_value(columns: PerExample, metric: str = "eval_loss") -> float:
-    """The aggregate a sweep row holds, recomputed from its per-example columns (token-weighted loss, mean match)."""
+    """The aggregate a sweep row holds, recomputed from its per-example columns (token-weighted loss, mean match,
+    perplexity as exp(loss) like evaluators/metrics.py)."""
+    if metric.endswith("_perplexity"):
+        return math.exp(min(metric_value(columns, metric.removesuffix("perplexity") + "loss"), 700.0))
     return float(column_metric({k: np.asarray(columns[k], dtype=np.float64) for k in example_statistic(metric)}))
 
 

@@ -60,6 +60,12 @@ class TrainingReply:
     artifacts: dict = field(default_factory=dict)  # JSON-able method records, e.g. AdaLoRA's rank allocation
     scores: dict[str, float] = field(default_factory=dict)  # baselines: eval_* and test_* on their own run
     adapter_files: dict[str, bytes] | None = None  # the main job: its saved adapter, file name -> bytes
+    # Baselines: split -> per-example columns (evaluators/per_example.py) at their rank; a rank-dynamic baseline
+    # (qlora-svd) also every rank it swept: "split@rank" -> columns, with its scores in rank_scores.
+    per_example: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    rank_scores: dict[int, dict[str, float]] = field(default_factory=dict)
+    # A QLoRA grid job whose r_max run a qlora-svd baseline reuses: that baseline's reply, scored on this training.
+    derived: "TrainingReply | None" = None
 
 
 @dataclass
@@ -71,6 +77,7 @@ class EvalResult:
     placement: Placement
     start: float
     end: float
+    per_example: dict[str, list[float]] | None = None  # evaluators/per_example.py columns; not an MLflow metric
 
     @property
     def seconds(self) -> float:

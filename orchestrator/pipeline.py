@@ -6,7 +6,8 @@ Stages, in the order `Pipeline.run` calls them:
   2. evaluators a pool that loads the base while training runs and scores the base model (zero-shot)
   3. sweep      the QDyLoRA adapter fans out: every rank scored on validation, results streamed back
   4. select     the policy picks a rank on validation; the selected rank is scored on test
-  5. summarize  parent metrics; the result's rows go back to the caller (the CLI draws table, CSV and plot)
+  5. fidelity   with 2+ QLoRA ranks the sweep covers, each one-run method against that grid (fidelity_stage.py)
+  6. summarize  parent metrics; the result's rows go back to the caller (the CLI draws table, CSV and plot)
 The driver is MLflow's only writer; orchestrator/run_records.py keeps the child runs, so a resumed
 pipeline (`dyrank resume`) finds finished work as finished runs and never records anything twice.
 """
@@ -34,6 +35,8 @@ from orchestrator.buffered_tracking import BufferedTracker
 from orchestrator.cache import mark_finished
 from orchestrator.config import Config, parse_config
 from orchestrator.errors import PipelineError
+from orchestrator.fidelity_stage import (PerExampleStore, competitor_sweep, compute_blocks, fidelity_grid, record_fidelity,
+                                         reused_training)
 from orchestrator.messages import EvalResult, JobKey, TrainingReply
 from orchestrator.mlflow_assets import dataset_inputs, publish_selected
 from orchestrator.provenance import provenance_tags
@@ -64,6 +67,8 @@ class PipelineResult:
     trained: dict  # the main training's row: {"rank", "method", costs}
     zeroshot: dict  # the base model's validation scores
     test_metrics: dict  # the selected rank on test
+    selection: dict = field(default_factory=dict)  # smallest-not-worse: the paired interval it rests on (not_worse_*)
+    fidelity: dict | None = None  # {"grid", "methods": {method: block}} (evaluators/fidelity.py), when there is a grid
     table: str = ""  # the summary table, when an outputs writer drew one
     outputs: list[Path] = field(default_factory=list)  # what it wrote (logged under the parent's report/)
 
@@ -86,6 +91,9 @@ class Pipeline:
         self.records = RunRecords(tracker, tracker.run(parent_id).info.experiment_id, parent_id)
         self.actors: list = []
         self.evaluators: list = []  # the live ones: an evaluator that died for good (restarts used up) leaves
+        self.per_example = PerExampleStore(tracker, self.records, self.workdir / "per_example")
+        # QLoRA grid job -> the qlora-svd baseline made from its training (no second run at the same rank)
+        self.derives = {grid: name for name, job in self.baselines.items() if (grid := reused_training(cfg, job))}
 
     # ---- 1. trainers -----------------------------------------------------------------------------
     def launch_trainers(self) -> dict[JobKey, tuple]:
@@ -96,6 +104,9 @@ class Pipeline:
         for key, folder, job in wanted:
             if key in self.records:
                 continue
+            grid = next((g for g, name in self.derives.items() if name == key.id), None)
+            if grid is not None and JobKey("baseline", grid) not in self.records:
+                continue  # made from the grid job's training when that one finishes
             options = actor_options(self.cfg, "trainer")
             actor = Trainer.options(name=f"Trainer-{self.parent_id[:12]}-{folder}", **options).remote(job, options["num_cpus"])
             self.actors.append(actor)
@@ -103,7 +114,11 @@ class Pipeline:
             if self.progress is not None:
                 label = key.id if key.kind == "baseline" else self.cfg.adapter.method  # qdylora, qlora-r2, ...
                 sink = TeeSink(sink, self.progress.sink(label, job.training.max_steps))
-            jobs[key] = (actor, actor.train.remote(str(self.workdir / folder), evaluate_on, sink))
+            sweep = competitor_sweep(self.cfg, self.baselines[key.id]) if key.kind == "baseline" else ()
+            derived = self.derives.get(key.id) if key.kind == "baseline" else None
+            svd_sweep = (competitor_sweep(self.cfg, self.baselines[derived])
+                         if derived and JobKey("baseline", derived) not in self.records else None)
+            jobs[key] = (actor, actor.train.remote(str(self.workdir / folder), evaluate_on, sink, sweep, svd_sweep))
         return jobs
 
     def _release(self, actor) -> None:
@@ -114,7 +129,10 @@ class Pipeline:
     def _finish_baseline(self, key: JobKey, baseline_jobs: dict) -> None:
         """Record a finished baseline job and give its trainer's resources back."""
         actor, ref = baseline_jobs.pop(key)
-        self.record_baseline(key.id, self._get(ref, "baseline", self.baselines[key.id].rank))
+        reply = self._get(ref, "baseline", self.baselines[key.id].rank)
+        self.record_baseline(key.id, reply)
+        if reply.derived is not None:  # the qlora-svd baseline standing on this training
+            self.record_baseline(self.derives[key.id], reply.derived)
         self._release(actor)
 
     def finish_training(self, job, baseline_jobs: dict) -> tuple[str, object]:
@@ -181,11 +199,17 @@ class Pipeline:
                                      reply.start, reply.end, metrics, reply.step_rows)
         for artifact, data in reply.artifacts.items():
             self.tracker.log_text(run_id, json.dumps(data, indent=2), f"{artifact}.json")  # buffered, like every write
+        for split_rank, columns in reply.per_example.items():  # "validation", or "validation@4" for a swept rank
+            split, _, rank = split_rank.partition("@")
+            self.per_example.put(JobKey("baseline", name), split, columns, int(rank) if rank else None)
+        for rank, scores in sorted(reply.rank_scores.items()):  # a rank-dynamic baseline's curve, step = rank
+            self.tracker.log_metrics(run_id, {f"curve_{k}": v for k, v in scores.items()}, step=rank)
 
     def _record_eval(self, result: EvalResult) -> None:
         key = JobKey("eval", result.rank) if result.rank is not None else ZEROSHOT
         name, method = (f"rank-{result.rank}", self.cfg.adapter.method) if result.rank is not None else ("zeroshot", "base")
         self.records.record(key, name, method, result.rank, result.placement, result.start, result.end, result.metrics())
+        self.per_example.put(key, "validation", result.per_example)
 
     def sweep(self, pool: list, adapter_key: str, files_ref, baseline_jobs: dict, zeroshot_ref=None) -> list[dict]:
         """Spread the unrecorded ranks over the pool and record each result the moment it arrives;
@@ -260,18 +284,41 @@ class Pipeline:
         ranks = self.sweep(pool, adapter_key, files_ref, baseline_jobs, zeroshot_ref)
 
         s = cfg.selection
-        selected = select_rank(ranks, s.metric, s.policy, s.tolerance, s.greater_is_better)
-        test: EvalResult = self._on_live_evaluator(
-            f"test scoring of rank {selected['rank']}",
-            lambda a: a.evaluate_rank.remote(selected["rank"], "test", adapter_key, [files_ref], True, True))
-        test_metrics = {k: v for k, v in test.scores.items() if k.startswith(("test_", "harness_"))}  # harness: optional
-        self.tracker.log_metrics(self.records[JobKey("eval", selected["rank"])].run_id, test_metrics)
+        paired = ({r["rank"]: self.per_example.get(JobKey("eval", r["rank"]), "validation") for r in ranks}
+                  if s.policy == "smallest-not-worse" else None)
+        selected = select_rank(ranks, s.metric, s.policy, s.tolerance, s.greater_is_better, per_example=paired,
+                               margin=s.margin, confidence=s.confidence, samples=cfg.evaluation.bootstrap_samples,
+                               seed=cfg.training.seed)
+        test_metrics = self.score_test(selected["rank"], adapter_key, files_ref, full=True)
+        fidelity = None
+        if len(fidelity_grid(cfg)) >= 2:  # the one run against the QLoRA search: G's test scores first
+            for rank in fidelity_grid(cfg):
+                self.score_test(rank, adapter_key, files_ref)
+            fidelity = compute_blocks(cfg, self.per_example, self.records, ranks, selected["rank"],
+                                      self.records[self.main_key].row.get("device_seconds", 0.0))
+            record_fidelity(self.tracker, self.parent_id, fidelity)
         loads = dict(filter(None, (self._on_live_evaluator("base loads", lambda a: a.base_loads.remote(), actor)
                                    for actor in list(self.evaluators))))
         self.tracker.set_tags(self.parent_id, {tags.EVALUATOR_BASE_LOADS_TAG: json.dumps(loads)})
-        result = self.summarize(ranks, selected, test_metrics, started)
+        result = self.summarize(ranks, selected, test_metrics, started, fidelity)
         publish_selected(self.tracker, self.parent_id, cfg, self.workdir, result.selected_rank)  # card, pyfunc, registry
         return result
+
+    def score_test(self, rank: int, adapter_key: str, files_ref, full: bool = False) -> dict:
+        """Rank `rank` of the main adapter on test, recorded on its eval run with its per-example values; `full`
+        (the selected rank) adds generation and intervals. A rank scored before (this run or before a resume)
+        is not scored again."""
+        done = self.records[JobKey("eval", rank)]
+        if "test_loss" in done.row and (not full or "test_loss_ci_low" in done.row):
+            return {k: v for k, v in done.row.items() if k.startswith(("test_", "harness_"))}
+        test: EvalResult = self._on_live_evaluator(
+            f"test scoring of rank {rank}",
+            lambda a: a.evaluate_rank.remote(rank, "test", adapter_key, [files_ref], full, full))
+        test_metrics = {k: v for k, v in test.scores.items() if k.startswith(("test_", "harness_"))}  # harness: optional
+        self.tracker.log_metrics(done.run_id, test_metrics)
+        done.row.update(test_metrics)
+        self.per_example.put(JobKey("eval", rank), "test", test.per_example)
+        return test_metrics
 
     def _on_live_evaluator(self, what: str, call, only=None):
         """ray.get(call(actor)) on a live evaluator (`only`: that one, or None if it died); an evaluator that
@@ -291,7 +338,8 @@ class Pipeline:
         raise PipelineError(f"{what}: every evaluator died (restarts used up)")
 
     # ---- 5. summarize ----------------------------------------------------------------------------
-    def summarize(self, ranks: list[dict], selected: dict, test_metrics: dict, started: float) -> PipelineResult:
+    def summarize(self, ranks: list[dict], selected: dict, test_metrics: dict, started: float,
+                  fidelity: dict | None = None) -> PipelineResult:
         metric = self.cfg.selection.metric
         baselines = [self.records[JobKey("baseline", name)].row for name in self.baselines]
         zeroshot = self.records[ZEROSHOT].row
@@ -305,6 +353,8 @@ class Pipeline:
             **{f"selected_{k}": v for k, v in test_metrics.items()},
             **{f"zeroshot_{k}": v for k, v in zeroshot.items() if k.startswith("eval_")},
         }
+        evidence = {k: v for k, v in selected.items() if k.startswith("not_worse_")}  # smallest-not-worse's interval
+        parent.update({f"selection_{k}": v for k, v in evidence.items()})
         best_baseline = min(baselines, key=lambda b: b[metric]) if baselines else None
         if best_baseline is not None:
             parent[f"best_baseline_{metric}"] = best_baseline[metric]
@@ -316,7 +366,7 @@ class Pipeline:
                 parent.update({f"{job}_{k}": v for k, v in b.items() if k.startswith("test_")})
         self.tracker.log_metrics(self.parent_id, parent)
         result = PipelineResult(self.parent_id, self.cfg.adapter.method, metric, selected["rank"], ranks, baselines,
-                                trained, zeroshot, test_metrics)
+                                trained, zeroshot, test_metrics, evidence, fidelity)
         if self.write_outputs is not None:
             folder = self.workdir / "report"
             folder.mkdir(exist_ok=True)
