@@ -32,6 +32,7 @@ from trainers.memory import PeakMemory, folder_bytes
 from trainers.methods import make_trainer
 from trainers.methods.base import trainable_params
 from trainers.methods.qdylora import RankSampler, set_active_rank
+from trainers.validation_probe import ValidationProbe
 from trainers.models import base_dtype, default_device, load_base_model, load_tokenizer, quant_settings, resolve_base
 
 ADAPTER_DIR, METRICS_FILE, CHECKPOINT_DIR, SUMMARY_FILE = "adapter", "metrics.jsonl", "checkpoints", "train_summary.json"
@@ -70,6 +71,7 @@ class FinetuneRecipe:
         self.model = self.method.attach(base, cfg)
         self.sampler = RankSampler(a.r_min, a.r_max, seed=t.seed + 1) if a.dynamic and a.spec.samples_rank else None
         self.train_examples = encode_all(splits["train"], self.tokenizer, cfg.data.max_seq_len, cfg.data.packing)
+        self.probe = ValidationProbe(cfg, splits["validation"], self.tokenizer) if t.eval_every else None
         self.schedule = BatchSchedule(len(self.train_examples), t.batch_size, t.seed)
         self.optimizer = self.method.build_optimizer(self.model, cfg)
         self.scheduler = get_scheduler(
@@ -128,6 +130,8 @@ class FinetuneRecipe:
             for step in bar:
                 last = self.train_step(step)
                 step_times.append(last["step_seconds"])
+                if self.probe is not None and self.probe.due(last["step"]):
+                    last.update(self.probe.score(self.model))  # val_loss_r<rank>, after the step's timing
                 metrics.write(json.dumps(last) + "\n")
                 metrics.flush()
                 if self.on_step:

@@ -34,7 +34,7 @@ def fidelity_run(tmp_path_factory):
         cfg = tiny_config("training.max_steps=6", "adapter.r_max=4", "evaluation.max_samples=24",
                           "evaluation.bootstrap_samples=200", f"baselines.ranks={GRID}",
                           "baselines.methods=[{method: qlora-svd, r_max: 4}]", "selection.policy=smallest-not-worse",
-                          "selection.margin=0.02")
+                          "selection.margin=0.02", "training.eval_every=3", "training.eval_samples=8")
         result = run_pipeline(cfg, write_outputs=write_pipeline_outputs)
     finally:
         ray.shutdown()
@@ -102,6 +102,15 @@ def test_fidelity_block_equals_a_hand_computation_from_the_recorded_per_example_
     block = json.loads(open(client.download_artifacts(parent.info.run_id, "fidelity/fidelity.json", str(tmp_path))).read())
     assert block["grid"] == GRID and set(block["methods"]) == {"qdylora", "qlora-svd"}
     assert m["selection_not_worse_upper"] <= m["selection_not_worse_margin"]
+
+
+def test_training_probes_are_mlflow_series_of_the_training_run(fidelity_run):
+    _, uri, result, _ = fidelity_run
+    client = MlflowClient(uri)
+    [trained] = children(all_runs(uri, result.parent_run_id), result.parent_run_id, "train")
+    for rank in (1, 2, 4):  # r_min, (1 + 4) // 2, r_max
+        history = client.get_metric_history(trained.info.run_id, f"val_loss_r{rank}")
+        assert sorted(p.step for p in history) == [3, 6]
 
 
 def test_summary_and_report_show_the_fidelity_block(fidelity_run, tmp_path):
