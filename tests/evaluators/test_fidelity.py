@@ -59,7 +59,8 @@ def make_tables():
         return columns((level + noise) * tokens, tokens)
 
     dy_val = {r: at(level) for r, level in zip(range(1, 9), [2.0, 1.5, 1.4, 1.1, 1.2, 1.3, 1.35, 1.45])}
-    dy_test = {r: at(level + 0.05) for r, level in zip(range(1, 9), [2.0, 1.5, 1.4, 1.1, 1.2, 1.3, 1.35, 1.45])}
+    # test ranks the grid ranks differently from validation: Spearman must read the validation curves
+    dy_test = {r: at(level) for r, level in zip(range(1, 9), [2.0, 1.2, 1.5, 1.1, 1.3, 1.25, 1.35, 1.4])}
     q_val = {2: at(1.6), 4: at(1.3), 8: at(1.0)}
     q_test = {2: at(1.62), 4: at(1.33), 8: at(1.02)}
     return dy_val, dy_test, q_val, q_test
@@ -92,7 +93,9 @@ def test_unrestricted_selection_can_leave_the_grid():
     block = compare_to_grid(dy_val, dy_test, q_val, q_test, best, samples=100)
     assert (block["selected_rank"], block["selected_rank_on_grid"]) == (3, 4)
     assert block["regret"]["diff"] == pytest.approx(hand_loss(dy_test[3]) - hand_loss(q_test[8]), rel=1e-12)
+    assert block["regret_on_grid"]["diff"] == pytest.approx(hand_loss(dy_test[4]) - hand_loss(q_test[8]), rel=1e-12)
     assert block["log2_rank_distance"] == pytest.approx(math.log2(8 / 3))
+    assert block["log2_rank_distance_on_grid"] == pytest.approx(1.0)
 
 
 def test_a_grid_of_one_rank_is_refused():
