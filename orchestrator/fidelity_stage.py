@@ -22,6 +22,7 @@ from orchestrator.messages import JobKey
 
 FIDELITY_ARTIFACT = "fidelity/fidelity.json"
 GRID_TAG = "dyrank.fidelity.grid"
+FIDELITY_SKIPPED_TAG = "dyrank.fidelity.skipped"  # why a pipeline with a grid has no block (older runs resumed)
 
 
 class PerExampleStore:

@@ -35,7 +35,7 @@ from orchestrator.buffered_tracking import BufferedTracker
 from orchestrator.cache import mark_finished
 from orchestrator.config import Config, parse_config
 from orchestrator.errors import PipelineError
-from orchestrator.fidelity_stage import (PerExampleStore, competitor_sweep, compute_blocks, fidelity_grid, record_fidelity,
+from orchestrator.fidelity_stage import (FIDELITY_SKIPPED_TAG, PerExampleStore, competitor_sweep, compute_blocks, fidelity_grid, record_fidelity,
                                          reused_training)
 from orchestrator.messages import EvalResult, JobKey, TrainingReply
 from orchestrator.mlflow_assets import dataset_inputs, publish_selected
@@ -294,9 +294,13 @@ class Pipeline:
         if len(fidelity_grid(cfg)) >= 2:  # the one run against the QLoRA search: G's test scores first
             for rank in fidelity_grid(cfg):
                 self.score_test(rank, adapter_key, files_ref)
-            fidelity = compute_blocks(cfg, self.per_example, self.records, ranks, selected["rank"],
-                                      self.records[self.main_key].row.get("device_seconds", 0.0))
-            record_fidelity(self.tracker, self.parent_id, fidelity)
+            try:
+                fidelity = compute_blocks(cfg, self.per_example, self.records, ranks, selected["rank"],
+                                          self.records[self.main_key].row.get("device_seconds", 0.0))
+                record_fidelity(self.tracker, self.parent_id, fidelity)
+            except LookupError as exc:  # runs recorded by an older dyrank, before a resume: no per-example values
+                self.tracker.set_tags(self.parent_id, {FIDELITY_SKIPPED_TAG: str(exc)})
+                print(f"note: no fidelity block: {exc}", file=sys.stderr)
         loads = dict(filter(None, (self._on_live_evaluator("base loads", lambda a: a.base_loads.remote(), actor)
                                    for actor in list(self.evaluators))))
         self.tracker.set_tags(self.parent_id, {tags.EVALUATOR_BASE_LOADS_TAG: json.dumps(loads)})
