@@ -4,6 +4,8 @@ HTML page and a PNG (matplotlib) for a README."""
 
 from __future__ import annotations
 
+import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,9 +14,11 @@ import plotly.graph_objects as go
 from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 
+from dashboards.fidelity_table import HEADER, delta_rows, fidelity_rows
 from dashboards.html import Page
 from dashboards.summary import plot_ranks
 from trainers.methods import display_name
+from orchestrator.fidelity_stage import FIDELITY_ARTIFACT, GRID_TAG
 from orchestrator.tags import KIND_TAG
 
 if TYPE_CHECKING:
@@ -33,6 +37,7 @@ class PipelineData:
     zeroshot: dict
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # label -> (step, train_loss)
     costs: dict[str, float] = field(default_factory=dict)  # label -> device-seconds
+    fidelity: dict | None = None  # the parent's fidelity/fidelity.json, when the pipeline had a QLoRA grid
 
     @property
     def selected(self) -> int:
@@ -59,6 +64,9 @@ def load_pipeline(tracker: Tracker, run_id: str) -> PipelineData:
             data.curves[name] = sorted((m.step, m.value) for m in history)
             data.costs[f"{name} train" if kind == "train" else f"{name} train+eval"] = c.data.metrics.get("device_seconds", 0.0)
     data.costs[f"{method} rank sweep ({len(data.ranks)} ranks)"] = run.data.metrics.get("eval_device_seconds", 0.0)
+    if run.data.tags.get(GRID_TAG):
+        with tempfile.TemporaryDirectory() as folder:
+            data.fidelity = json.loads(Path(tracker.download(run_id, FIDELITY_ARTIFACT, folder)).read_text())
     return data
 
 
@@ -147,6 +155,17 @@ def add_pipeline_section(page: Page, d: PipelineData, png_dir: Path, title: str)
         pngs.append(_png_curves(d.curves, png_dir / "training.png"))
     if "selected_test_loss" in m:
         page.note(f"selected rank on test: loss {m['selected_test_loss']:.4g}")
+    if "selection_not_worse_upper" in m:  # smallest-not-worse: the interval the choice rests on
+        page.note(f"smallest-not-worse: rank {d.selected} minus best rank {int(m['selection_not_worse_reference_rank'])} "
+                  f"on validation {m['selection_not_worse_diff']:+.4f} [{m['selection_not_worse_low']:+.4f}, "
+                  f"{m['selection_not_worse_high']:+.4f}], one-sided bound {m['selection_not_worse_upper']:+.4f} <= "
+                  f"margin {m['selection_not_worse_margin']:.4f}")
+    if d.fidelity:
+        page.heading("Fidelity: does the one run pick the rank the QLoRA search would?")
+        page.note(f"grid G = {d.fidelity['grid']}; test loss, method - QLoRA, paired bootstrap 95% intervals; "
+                  "both sides selected on validation by the same policy")
+        page.table(HEADER, fidelity_rows(d.fidelity))
+        page.table(["method", "rank", "method - QLoRA on test [95%]"], delta_rows(d.fidelity))
     for path in pngs:
         page.png(path, path.stem)
     return pngs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from dashboards.fidelity_table import fidelity_text
 from trainers.costs import COST_KEYS
 from trainers.methods import display_name
 
@@ -98,5 +99,12 @@ def write_pipeline_outputs(result, folder: Path) -> str:
     write_rank_csv(result.ranks, result.baselines, folder / "ranks.csv", result.method)
     table = (summary_table(result.ranks, result.baselines, result.selected_rank, result.metric, result.method)
              + "\n\n" + cost_table([result.trained, *result.baselines]))
+    if result.selection:  # smallest-not-worse: the interval the choice rests on
+        e = result.selection
+        table += (f"\n\nrank {result.selected_rank} vs best rank {e['not_worse_reference_rank']} on validation: "
+                  f"{e['not_worse_diff']:+.4f} [{e['not_worse_low']:+.4f}, {e['not_worse_high']:+.4f}], one-sided "
+                  f"bound {e['not_worse_upper']:+.4f} <= margin {e['not_worse_margin']:.4f}")
+    if result.fidelity:
+        table += "\n\n" + fidelity_text(result.fidelity)
     (folder / "summary.txt").write_text(table + "\n")
     return table

@@ -110,7 +110,7 @@ def session_scores(session, rank: int | None, tasks: list[str], limit: int | Non
 
     def set_rank(r):
         if r is not None and session.dynamic:
-            set_active_rank(session.model, r)
+            set_active_rank(session.model, r, scale_rank=session.scale_rank)
 
     lm = make_lm(session.model, session.tokenizer, batch_size)
     return score_ranks(lm, [rank], tasks, limit, set_rank)[rank]

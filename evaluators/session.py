@@ -19,7 +19,7 @@ from evaluators.metrics import generate_exact_match
 from trainers.batching import encode_all
 from trainers.config import JobConfig
 from trainers.datasets.splits import load_splits
-from trainers.methods.base import read_adapter_meta
+from trainers.methods.base import read_adapter_meta, scaling_rank
 from trainers.methods.qdylora import attach_dynamic_rank, set_active_rank
 from trainers.methods.qdylora.multirank import ranks_per_row
 from trainers.models import base_dtype, dequantize_once, load_base_model, load_tokenizer, quant_settings, resolve_base
@@ -53,6 +53,7 @@ class EvalSession:
             self.model = dequantize_once(self.model, cfg.quantization.compute_dtype)
         self.base_loads = 1  # and it stays 1: ranks switch in place, adapters attach to this base
         self.base, self.dynamic = self.model, False
+        self.scale_rank = None  # None: a rank-b slice is scaled alpha/b; an int r: alpha/r at every b (qlora-svd)
         limit = cfg.evaluation.max_samples
         splits = load_splits(cfg.data)
         self.records = {name: splits[name][:limit] for name in SPLIT_PREFIX}
@@ -71,6 +72,7 @@ class EvalSession:
             return
         self.model = PeftModel.from_pretrained(self.base, str(adapter_dir), is_trainable=False).eval()
         self.dynamic = bool(meta["dynamic"])
+        self.scale_rank = scaling_rank(meta)
         if self.dynamic:
             attach_dynamic_rank(self.model)
 
@@ -122,9 +124,9 @@ class EvalSession:
 
     def _dynamic_scores(self, split: str, group: list[int]) -> list[dict]:
         if len(group) == 1:  # plain slicing: no hooks, no repeated batch
-            set_active_rank(self.model, group[0])
+            set_active_rank(self.model, group[0], scale_rank=self.scale_rank)
             return [self._scores(self.model, split)]
-        with ranks_per_row(self.model, group):
+        with ranks_per_row(self.model, group, scale_rank=self.scale_rank):
             return self._scores(self.model, split, copies=len(group))
 
     def _finish(self, split: str, rank: int | None, per_example: dict, generate: bool, intervals: bool) -> RankScores:
@@ -136,7 +138,7 @@ class EvalSession:
                     row.update(self._generate(self.model, split, per_example))
             else:
                 if rank is not None and self.dynamic:
-                    set_active_rank(self.model, rank)
+                    set_active_rank(self.model, rank, scale_rank=self.scale_rank)
                 row.update(self._generate(self.model if rank is not None else self.base, split, per_example))
         prefix = SPLIT_PREFIX[split]
         row = {prefix + k.removeprefix("eval_"): v for k, v in row.items()}

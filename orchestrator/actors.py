@@ -108,10 +108,13 @@ class Trainer(_Worker):
     """Trains one job (the QDyLoRA run or one QLoRA baseline) into out_dir, resuming from its checkpoints,
     so a restarted actor picks up where the dead one stopped."""
 
-    def train(self, out_dir: str, evaluate_on: tuple[str, ...] = (), step_sink=None,
-              threads: int | None = None) -> TrainingReply:
+    def train(self, out_dir: str, evaluate_on: tuple[str, ...] = (), step_sink=None, threads: int | None = None,
+              sweep_ranks: tuple[int, ...] = (), svd_sweep: tuple[int, ...] | None = None) -> TrainingReply:
         """step_sink(row) -> bool, if given, sees every step's metrics; True stops the training (a pruned trial).
-        threads: torch threads for this training (see _threads)."""
+        threads: torch threads for this training (see _threads).
+        sweep_ranks: a rank-dynamic baseline (qlora-svd) is also scored at these ranks on every split of
+        evaluate_on. svd_sweep: this QLoRA run is also a qlora-svd baseline's training (no second run): its
+        adapter is SVD-ordered and scored at these ranks, the reply's `derived`."""
         from trainers.finetune import ARTIFACTS_FILE, METRICS_FILE, train
 
         started = time.time()
@@ -125,24 +128,50 @@ class Trainer(_Worker):
             artifacts=json.loads(artifacts.read_text()) if artifacts.exists() else {}, torch_threads=self.threads,
         )
         if evaluate_on:  # baselines score themselves with the evaluators' code, on their own run
-            reply.scores = self._score(result.adapter_dir, evaluate_on)
+            self._score(result.adapter_dir, evaluate_on, reply, sweep_ranks)
         else:  # the main job's adapter goes to the evaluators; a baseline's (full weights, for GaLore) stays here
             reply.adapter_files = read_adapter_files(result.adapter_dir)
+        if svd_sweep is not None:
+            reply.derived = self._svd_of(result.adapter_dir, Path(out_dir) / "svd", evaluate_on, svd_sweep, reply)
         _free_accelerator_memory(collect=True)
         self.busy_seconds += time.time() - started
         return reply
 
-    def _score(self, adapter_dir: Path, splits: tuple[str, ...]) -> dict:
+    def _svd_of(self, adapter_dir: Path, out_dir: Path, evaluate_on: tuple[str, ...], sweep: tuple[int, ...],
+                trained: TrainingReply) -> TrainingReply:
+        """The qlora-svd baseline made from this QLoRA run (trainers/methods/qlora_svd/model.py), scored at its
+        full rank and every rank of `sweep`; its costs are this run's (the training it stands on) and its steps."""
+        from trainers.methods.qlora_svd.model import svd_order_adapter
+
+        started = time.time()
+        svd_dir = svd_order_adapter(adapter_dir, out_dir)
+        reply = TrainingReply(placement=trained.placement, start=started, end=started, steps=trained.steps,
+                              final_loss=trained.final_loss, resumed_from=trained.resumed_from, costs=trained.costs,
+                              step_rows=trained.step_rows, torch_threads=trained.torch_threads)
+        self._score(svd_dir, evaluate_on, reply, sweep)
+        reply.end = time.time()
+        return reply
+
+    def _score(self, adapter_dir: Path, splits: tuple[str, ...], reply: TrainingReply,
+               sweep_ranks: tuple[int, ...] = ()) -> None:
+        """The baseline's scores at its rank (and per-example values) into `reply`; a rank-dynamic baseline's
+        also at every rank of sweep_ranks (rank_scores, per_example "split@rank")."""
         from evaluators.session import EvalSession
 
+        started = time.time()
         session = EvalSession(self.cfg)
         session.attach_adapter_dir(adapter_dir)
-        scores = {}
+        rank = self.cfg.adapter.full_rank
         for split in splits:
             test = split == "test"
-            scores.update(session.score(split, rank=self.cfg.adapter.full_rank, generate=test, intervals=test))
-        scores.update(_harness_scores(self.cfg, session, self.cfg.adapter.full_rank))
-        return scores
+            [own] = session.score_ranks(split, [rank], generate=test, intervals=test)
+            reply.scores.update(own.metrics)
+            reply.per_example[split] = own.per_example
+            for scored in session.score_ranks(split, list(sweep_ranks)) if sweep_ranks else ():
+                reply.rank_scores.setdefault(scored.rank, {}).update(scored.metrics)
+                reply.per_example[f"{split}@{scored.rank}"] = scored.per_example
+        reply.scores.update(_harness_scores(self.cfg, session, rank))
+        reply.scores["score_seconds"] = time.time() - started  # a one-run method's sweep cost (fidelity)
 
 
 @ray.remote
@@ -173,8 +202,9 @@ class RankEvaluator(_Worker):
         self._use_threads(threads)
         self._ensure_adapter(key, files_ref)
         scored = self.session.score_ranks(split, list(ranks), generate=generate, intervals=intervals)
-        # The harness runs once per rank it scores: on the sweep with every_rank, else on the selected rank's test call.
-        harness = split == ("validation" if self.cfg.evaluation.harness.every_rank else "test")
+        # The harness runs once per rank it scores: on the sweep with every_rank, else on the selected rank's test call
+        # (the one that generates; the fidelity grid's test calls do not).
+        harness = split == "validation" if self.cfg.evaluation.harness.every_rank else (split == "test" and generate)
         for s in scored:
             if harness:
                 s.metrics.update(_harness_scores(self.cfg, self.session, s.rank))

@@ -30,11 +30,17 @@ JOB_SECTIONS = tuple(JobConfig.model_fields)  # what a trainer or evaluator acto
 
 
 class SelectionConfig(Section):
-    policy: Literal["best", "smallest-within"] = Field("best", description="best, or the smallest rank within tolerance of the best.")
+    policy: Literal["best", "smallest-within", "smallest-not-worse"] = Field(
+        "best", description="best; smallest-within: the smallest rank within tolerance of the best; smallest-not-worse: "
+        "the smallest rank not worse than the best by more than margin at confidence (paired bootstrap over examples).")
     metric: str = Field("eval_loss", description="Sweep metric to select on (validation split): "
                         + ", ".join(SWEEP_METRICS) + ".")
     greater_is_better: bool = Field(False, description="Direction of the metric.")
     tolerance: float = Field(0.01, ge=0.0, description="smallest-within: relative slack from the best value.")
+    margin: float = Field(0.01, ge=0.0, description="smallest-not-worse: how much worse than the best rank a rank may "
+                          "be, relative to the best value (0.01 = 1%); larger picks smaller ranks.")
+    confidence: float = Field(0.95, ge=0.5, lt=1.0, description="smallest-not-worse: one-sided confidence that a "
+                              "rank's shortfall stays within margin; higher demands more evidence before a smaller rank.")
 
     @field_validator("metric")
     @classmethod
@@ -43,6 +49,14 @@ class SelectionConfig(Section):
         if value not in SWEEP_METRICS:
             raise ValueError(f"not a metric the rank sweep records; use one of {', '.join(SWEEP_METRICS)}")
         return value
+
+    @model_validator(mode="after")
+    def _paired_metric(self) -> "SelectionConfig":
+        # Perplexity is exp(loss): its paired bootstrap is the loss's; say so instead of failing after the sweep.
+        if self.policy == "smallest-not-worse" and self.metric == "eval_perplexity":
+            raise FieldError(("metric",), "smallest-not-worse compares per-example values: use eval_loss or "
+                             "eval_exact_match", self.metric)
+        return self
 
 
 class BaselinesConfig(Section):

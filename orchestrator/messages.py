@@ -61,6 +61,12 @@ class TrainingReply:
     scores: dict[str, float] = field(default_factory=dict)  # baselines: eval_* and test_* on their own run
     adapter_files: dict[str, bytes] | None = None  # the main job: its saved adapter, file name -> bytes
     torch_threads: int | None = None  # the torch threads the training ran with
+    # Baselines: split -> per-example columns (evaluators/per_example.py) at their rank; a rank-dynamic baseline
+    # (qlora-svd) also every rank it swept: "split@rank" -> columns, with its scores in rank_scores.
+    per_example: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    rank_scores: dict[int, dict[str, float]] = field(default_factory=dict)
+    # A QLoRA grid job whose r_max run a qlora-svd baseline reuses: that baseline's reply, scored on this training.
+    derived: "TrainingReply | None" = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,7 @@ class EvalResult:
     start: float
     end: float
     # Per example, in the split's order: loss_sum, tokens, exact (and gen_exact when generated); what intervals
-    # and fidelity metrics resample. Not logged as metrics (lists, not numbers).
+    # and fidelity metrics resample (evaluators/per_example.py keeps them as artifacts). Not logged as metrics.
     per_example: dict[str, list[float]] = field(default_factory=dict)
     torch_threads: int | None = None  # the torch threads the scoring ran with
 

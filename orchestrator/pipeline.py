@@ -7,7 +7,8 @@ Stages, in the order `Pipeline.run` calls them:
   3. sweep      the QDyLoRA adapter fans out: every rank scored on validation, results streamed back
                 (orchestrator/sweep_stage.py: groups of ranks queued on each evaluator)
   4. select     the policy picks a rank on validation; the selected rank is scored on test
-  5. summarize  parent metrics; the result's rows go back to the caller (the CLI draws table, CSV and plot)
+  5. fidelity   with 2+ QLoRA ranks the sweep covers, each one-run method against that grid (fidelity_stage.py)
+  6. summarize  parent metrics; the result's rows go back to the caller (the CLI draws table, CSV and plot)
 The driver is MLflow's only writer; orchestrator/run_records.py keeps the child runs, so a resumed
 pipeline (`dyrank resume`) finds finished work as finished runs and never records anything twice.
 """
@@ -27,13 +28,13 @@ import ray
 import yaml
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
-from evaluators.selection import select_rank
 from orchestrator import ray_runtime, tags
 from orchestrator.actors import RankEvaluator, Trainer, actor_options, read_adapter_files, write_adapter_files
 from orchestrator.buffered_tracking import BufferedTracker
 from orchestrator.cache import mark_finished
 from orchestrator.config import Config, parse_config
 from orchestrator.errors import PipelineError
+from orchestrator.fidelity_stage import FidelityStage
 from orchestrator.messages import EvalResult, JobKey, TrainingReply
 from orchestrator.mlflow_assets import dataset_inputs, publish_selected
 from orchestrator.provenance import provenance_tags
@@ -65,6 +66,8 @@ class PipelineResult:
     trained: dict  # the main training's row: {"rank", "method", costs}
     zeroshot: dict  # the base model's validation scores
     test_metrics: dict  # the selected rank on test
+    selection: dict = field(default_factory=dict)  # smallest-not-worse: the paired interval it rests on (not_worse_*)
+    fidelity: dict | None = None  # {"grid", "methods": {method: block}} (evaluators/fidelity.py), when there is a grid
     table: str = ""  # the summary table, when an outputs writer drew one
     outputs: list[Path] = field(default_factory=list)  # what it wrote (logged under the parent's report/)
 
@@ -73,7 +76,7 @@ class PipelineResult:
 OutputsWriter = Callable[[PipelineResult, Path], str]
 
 
-class Pipeline(SweepStage):
+class Pipeline(SweepStage, FidelityStage):
     def __init__(self, cfg: Config, tracker: Tracker, parent_id: str, on_event: Callable[[str, dict], None] | None = None,
                  step_sink=None, write_outputs: OutputsWriter | None = None, progress=None):
         self.cfg, self.tracker, self.parent_id, self.step_sink = cfg, tracker, parent_id, step_sink
@@ -88,13 +91,15 @@ class Pipeline(SweepStage):
         self.actors: list = []
         self.evaluators: list = []  # the live ones: an evaluator that died for good (restarts used up) leaves
         self.reservations = Reservations()  # what each actor holds and uses: threads, idle device-seconds
+        self.init_fidelity()  # per-example store; qlora-svd baselines made from a grid job's training
 
     # ---- 1. trainers -----------------------------------------------------------------------------
     def launch_trainers(self) -> dict[JobKey, tuple]:
         """Start every unfinished training job at once; Ray runs them in parallel as resources allow."""
         wanted = [(self.main_key, "train", self.job)]
         wanted += [(JobKey("baseline", name), f"baseline-{name}", job.config) for name, job in self.baselines.items()]
-        wanted = [(key, folder, job) for key, folder, job in wanted if key not in self.records]
+        wanted = [(key, folder, job) for key, folder, job in wanted if key not in self.records
+                  and not self.made_from_grid(key)]  # made when the grid job it stands on finishes
         threads = phase_threads(len(wanted))  # the training phase's jobs share the cores
         jobs = {}
         for key, folder, job in wanted:
@@ -106,7 +111,8 @@ class Pipeline(SweepStage):
             if self.progress is not None:
                 label = key.id if key.kind == "baseline" else self.cfg.adapter.method  # qdylora, qlora-r2, ...
                 sink = TeeSink(sink, self.progress.sink(label, job.training.max_steps))
-            jobs[key] = (actor, actor.train.remote(str(self.workdir / folder), evaluate_on, sink, threads))
+            jobs[key] = (actor, actor.train.remote(str(self.workdir / folder), evaluate_on, sink, threads,
+                                                   *self.scoring_args(key)))
         return jobs
 
     def _release(self, actor) -> None:
@@ -187,12 +193,14 @@ class Pipeline(SweepStage):
                                      reply.start, reply.end, metrics, reply.step_rows, {"torch_threads": reply.torch_threads})
         for artifact, data in reply.artifacts.items():
             self.tracker.log_text(run_id, json.dumps(data, indent=2), f"{artifact}.json")  # buffered, like every write
+        self.record_scores_of(name, run_id, reply)  # per-example values, curves, a baseline made from this one
 
     def _record_eval(self, result: EvalResult) -> None:
         key = JobKey("eval", result.rank) if result.rank is not None else ZEROSHOT
         name, method = (f"rank-{result.rank}", self.cfg.adapter.method) if result.rank is not None else ("zeroshot", "base")
         self.records.record(key, name, method, result.rank, result.placement, result.start, result.end, result.metrics(),
                             params={"torch_threads": result.torch_threads})
+        self.per_example.put(key, "validation", result.per_example)
 
     # ---- the whole thing -------------------------------------------------------------------------
     def run(self) -> PipelineResult:
@@ -207,19 +215,15 @@ class Pipeline(SweepStage):
         adapter_key, files_ref = self.finish_training(jobs.get(self.main_key), baseline_jobs)
         ranks = self.sweep(pool, adapter_key, files_ref, baseline_jobs, zeroshot_ref)
 
-        s = cfg.selection
-        selected = select_rank(ranks, s.metric, s.policy, s.tolerance, s.greater_is_better)
-        test: EvalResult = self._on_live_evaluator(
-            f"test scoring of rank {selected['rank']}",
-            lambda a: a.evaluate_rank.remote(selected["rank"], "test", adapter_key, [files_ref], True, True))
-        test_metrics = {k: v for k, v in test.scores.items() if k.startswith(("test_", "harness_"))}  # harness: optional
-        self.tracker.log_metrics(self.records[JobKey("eval", selected["rank"])].run_id, test_metrics)
+        selected = self.select(ranks)
+        test_metrics = self.score_test([selected["rank"]], adapter_key, files_ref, full=True)[selected["rank"]]
+        fidelity = self.fidelity(ranks, selected["rank"], adapter_key, files_ref)
         loads = dict(filter(None, (self._on_live_evaluator("base loads", lambda a: a.base_loads.remote(), actor)
                                    for actor in list(self.evaluators))))
         self.tracker.set_tags(self.parent_id, {tags.EVALUATOR_BASE_LOADS_TAG: json.dumps(loads)})
         self.reservations.read_all()
         self.tracker.log_metrics(self.parent_id, self.reservations.metrics())
-        result = self.summarize(ranks, selected, test_metrics, started)
+        result = self.summarize(ranks, selected, test_metrics, started, fidelity)
         publish_selected(self.tracker, self.parent_id, cfg, self.workdir, result.selected_rank)  # card, pyfunc, registry
         return result
 
@@ -241,7 +245,8 @@ class Pipeline(SweepStage):
         raise PipelineError(f"{what}: every evaluator died (restarts used up)")
 
     # ---- 5. summarize ----------------------------------------------------------------------------
-    def summarize(self, ranks: list[dict], selected: dict, test_metrics: dict, started: float) -> PipelineResult:
+    def summarize(self, ranks: list[dict], selected: dict, test_metrics: dict, started: float,
+                  fidelity: dict | None = None) -> PipelineResult:
         metric = self.cfg.selection.metric
         baselines = [self.records[JobKey("baseline", name)].row for name in self.baselines]
         zeroshot = self.records[ZEROSHOT].row
@@ -255,6 +260,8 @@ class Pipeline(SweepStage):
             **{f"selected_{k}": v for k, v in test_metrics.items()},
             **{f"zeroshot_{k}": v for k, v in zeroshot.items() if k.startswith("eval_")},
         }
+        evidence = {k: v for k, v in selected.items() if k.startswith("not_worse_")}  # smallest-not-worse's interval
+        parent.update({f"selection_{k}": v for k, v in evidence.items()})
         best_baseline = min(baselines, key=lambda b: b[metric]) if baselines else None
         if best_baseline is not None:
             parent[f"best_baseline_{metric}"] = best_baseline[metric]
@@ -266,7 +273,7 @@ class Pipeline(SweepStage):
                 parent.update({f"{job}_{k}": v for k, v in b.items() if k.startswith("test_")})
         self.tracker.log_metrics(self.parent_id, parent)
         result = PipelineResult(self.parent_id, self.cfg.adapter.method, metric, selected["rank"], ranks, baselines,
-                                trained, zeroshot, test_metrics)
+                                trained, zeroshot, test_metrics, evidence, fidelity)
         if self.write_outputs is not None:
             folder = self.workdir / "report"
             folder.mkdir(exist_ok=True)

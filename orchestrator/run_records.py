@@ -14,6 +14,7 @@ from orchestrator import tags
 from orchestrator.messages import JobKey, Placement
 from orchestrator.provenance import provenance_tags
 from orchestrator.tracking import Tracker
+from trainers.validation_probe import PREFIX as PROBE_PREFIX
 
 # metrics.jsonl keys -> the MLflow series names of a training run
 TRAIN_SERIES = {"train_loss": "train_loss", "rank": "sampled_rank", "lr": "lr", "grad_norm": "grad_norm"}
@@ -77,8 +78,9 @@ class RunRecords:
         else:
             run_id = self.tracker.create_run(self.experiment_id, key.kind, name, self.parent_id, None, run_tags, start)
         rows = series_rows(step_rows)
-        if rows:
-            self.tracker.log_series(run_id, rows, TRAIN_SERIES.values())
+        if rows:  # plus the training's validation probes (trainers/validation_probe.py), on the steps they ran
+            probes = sorted({k for row in rows for k in row if k.startswith(PROBE_PREFIX)})
+            self.tracker.log_series(run_id, rows, [*TRAIN_SERIES.values(), *probes])
         self.tracker.log(run_id, params, metrics)  # on a reused run: the same values again, which MLflow accepts
         self.tracker.finish(run_id, end)
         row = {"rank": rank, **metrics}

@@ -1,6 +1,7 @@
 """Stage 3 of the pipeline (orchestrator/pipeline.py): every rank of the trained adapter scored on validation by
-the evaluator pool, in groups of ranks per Ray task, with a queue on each evaluator so none idles between tasks.
-A mixin of `Pipeline`: it uses the pipeline's records, evaluators and config."""
+the evaluator pool, in groups of ranks per Ray task, with a queue on each evaluator so none idles between tasks;
+and the test scoring of chosen ranks (the selected one, the fidelity grid's).
+A mixin of `Pipeline`: it uses the pipeline's records, evaluators, per-example store and config."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from orchestrator.reservations import phase_threads
 
 ZEROSHOT = JobKey("zeroshot", None)
 QUEUE_DEPTH = 2  # tasks queued on each evaluator during the sweep: one running, the next one waiting
+TEST_KEYS = ("test_", "harness_")  # what a rank's test scoring adds to its eval run (the harness: optional)
 
 
 class SweepStage:
@@ -101,3 +103,21 @@ class SweepStage:
                 results[result.rank] = result.row()
                 self.on_event("eval", {**results[result.rank], "actor_id": result.placement.actor_id})
         return [results[r] for r in sorted(results)]
+
+    def score_test(self, ranks: list[int], adapter_key: str, files_ref, full: bool = False) -> dict[int, dict]:
+        """Ranks of the main adapter on test in one Ray task (the session batches them), each recorded on its eval
+        run with its per-example values; `full` (the selected rank) adds generation and intervals. A rank scored
+        before (this run or before a resume) is not scored again. Returns rank -> its test_* (and harness_*)."""
+        done = {rank: self.records[JobKey("eval", rank)] for rank in ranks}
+        todo = [r for r, run in done.items()
+                if "test_loss" not in run.row or (full and "test_loss_ci_low" not in run.row)]
+        if todo:
+            results = self._on_live_evaluator(
+                f"test scoring of rank(s) {todo}",
+                lambda a: a.evaluate_ranks.remote(todo, "test", adapter_key, [files_ref], full, full))
+            for result in results:
+                metrics = {k: v for k, v in result.scores.items() if k.startswith(TEST_KEYS)}
+                self.tracker.log_metrics(done[result.rank].run_id, metrics)
+                done[result.rank].row.update(metrics)
+                self.per_example.put(JobKey("eval", result.rank), "test", result.per_example)
+        return {r: {k: v for k, v in run.row.items() if k.startswith(TEST_KEYS)} for r, run in done.items()}

@@ -207,6 +207,11 @@ class TrainingConfig(Section):
     log_every: PositiveInt = Field(1, description="Steps between progress-bar/metric updates.")
     checkpoint_every: PositiveInt = Field(50, description="Steps between resumable checkpoints.")
     keep_checkpoints: bounded(1000) = Field(2, description="Newest checkpoints kept on disk.")
+    eval_every: bounded(10**8, low=0) = Field(
+        0, description="Steps between validation probes while training (0: none): r_min, the middle and r_max "
+        "(the trained rank for fixed-rank methods) scored on eval_samples validation examples, logged as "
+        "val_loss_r<rank> series. Each probe costs a few evaluation passes.")
+    eval_samples: PositiveInt = Field(32, description="Validation examples a training probe scores (eval_every).")
 
 
 class HarnessConfig(Section):

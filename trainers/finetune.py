@@ -34,6 +34,7 @@ from trainers.methods.base import trainable_params
 from trainers.methods.qdylora import RankSampler, set_active_rank
 from trainers.models import (base_dtype, default_device, load_base_model, load_tokenizer, quant_settings, resolve_base,
                              resolve_compute_dtype)
+from trainers.validation_probe import ValidationProbe
 
 ADAPTER_DIR, METRICS_FILE, CHECKPOINT_DIR, SUMMARY_FILE = "adapter", "metrics.jsonl", "checkpoints", "train_summary.json"
 ARTIFACTS_FILE = "method_artifacts.json"
@@ -69,8 +70,9 @@ class FinetuneRecipe:
         base = load_base_model(self.base_path, quant_settings(cfg), base_dtype(cfg),
                                trust_remote_code=cfg.model.trust_remote_code, device=self.device)
         self.model = self.method.attach(base, cfg)
-        self.sampler = RankSampler(a.r_min, a.r_max, seed=t.seed + 1) if a.dynamic else None
+        self.sampler = RankSampler(a.r_min, a.r_max, seed=t.seed + 1) if a.dynamic and a.spec.samples_rank else None
         self.train_examples = encode_all(splits["train"], self.tokenizer, cfg.data.max_seq_len, cfg.data.packing)
+        self.probe = ValidationProbe(cfg, splits["validation"], self.tokenizer) if t.eval_every else None
         self.schedule = BatchSchedule(len(self.train_examples), t.batch_size, t.seed)
         self.optimizer = self.method.build_optimizer(self.model, cfg)
         # Mixed precision as a standard QLoRA recipe runs it (Trainer's bf16=True / fp16=True): the forward, the
@@ -144,6 +146,9 @@ class FinetuneRecipe:
             for step in bar:
                 last = self.train_step(step)
                 step_times.append(last["step_seconds"])
+                if self.probe is not None and self.probe.due(last["step"]):
+                    # No autocast here: the probe scores as the evaluators do, so its values are theirs.
+                    last.update(self.probe.score(self.model))  # val_loss_r<rank>, after the step's timing
                 metrics.write(json.dumps(last) + "\n")
                 metrics.flush()
                 if self.on_step:

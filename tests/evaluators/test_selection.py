@@ -88,3 +88,52 @@ def test_nan_rows_are_never_selected():
 def test_errors(results, kwargs, message):
     with pytest.raises(ValueError, match=message):
         select_rank(results, **kwargs)
+
+
+# ---- smallest-not-worse: paired bootstrap over per-example losses ---------------------------------------------
+def loss_table(levels: dict[int, float], spread: float = 0.3, n: int = 60, seed: int = 0):
+    """Per-example losses (one token each) around each rank's level, sharing the examples' own difficulty."""
+    import numpy as np
+
+    difficulty = np.random.default_rng(seed).uniform(-spread, spread, n)
+    per_example = {r: {"loss_sum": list(level + difficulty), "tokens": [1.0] * n} for r, level in levels.items()}
+    return rows(levels), per_example
+
+
+def test_smallest_not_worse_takes_the_smallest_rank_within_the_margin():
+    results, per_example = loss_table({1: 2.6, 2: 2.015, 4: 2.0, 8: 2.04})
+    chosen = select_rank(results, policy="smallest-not-worse", per_example=per_example, margin=0.01)
+    assert chosen["rank"] == 2  # 0.75% worse than rank 4, a shared-difficulty (paired) difference: no noise
+    assert chosen["not_worse_reference_rank"] == 4
+    assert chosen["not_worse_diff"] == pytest.approx(0.015)
+    assert chosen["not_worse_upper"] <= chosen["not_worse_margin"] == pytest.approx(0.02)  # 1% of the best, 2.0
+
+
+def test_smallest_not_worse_needs_evidence_not_just_a_close_mean():
+    """Rank 1's mean is within the margin but its per-example losses scatter: the bound does not clear it."""
+    import numpy as np
+
+    results, per_example = loss_table({1: 1.0, 2: 0.999, 4: 0.995})
+    noise = np.random.default_rng(7).normal(0, 0.5, 60)
+    per_example[1]["loss_sum"] = list(np.asarray(per_example[4]["loss_sum"]) + 0.004 + noise - noise.mean())
+    chosen = select_rank(results, policy="smallest-not-worse", per_example=per_example, margin=0.01)
+    assert chosen["rank"] == 2
+    assert select_rank(results, policy="smallest-within", tolerance=0.01)["rank"] == 1
+
+
+def test_smallest_not_worse_with_no_margin_is_the_best_rank():
+    results, per_example = loss_table({1: 1.2, 2: 1.1, 4: 1.0})
+    assert select_rank(results, policy="smallest-not-worse", per_example=per_example, margin=0.0)["rank"] == 4
+
+
+def test_smallest_not_worse_on_exact_match_greater_is_better():
+    results = rows({1: 0.5, 2: 0.9, 4: 0.9}, "eval_exact_match")
+    per_example = {1: {"exact": [1.0] * 5 + [0.0] * 5}, 2: {"exact": [1.0] * 9 + [0.0]}, 4: {"exact": [1.0] * 9 + [0.0]}}
+    chosen = select_rank(results, "eval_exact_match", "smallest-not-worse", greater_is_better=True,
+                         per_example=per_example, margin=0.05)
+    assert chosen["rank"] == 2 and chosen["not_worse_diff"] == 0.0
+
+
+def test_smallest_not_worse_without_per_example_values_is_refused():
+    with pytest.raises(ValueError, match="per_example"):
+        select_rank(rows({1: 1.0, 2: 0.9}), policy="smallest-not-worse")

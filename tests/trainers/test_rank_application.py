@@ -17,8 +17,9 @@ R_MAX, ALPHA = 8, 16.0
 
 
 def _dynamic(application: str):
-    torch.manual_seed(0)
     base = load_base_model(resolve_base("tiny-llama"), quant=None, device=torch.device("cpu"))
+    # Seeded after the load: the first load in a fresh DYRANK_HOME builds the tiny model, drawing from this RNG.
+    torch.manual_seed(0)
     model = get_peft_model(base, LoraConfig(r=R_MAX, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear",
                                             task_type="CAUSAL_LM"))
     attach_dynamic_rank(model, application=application)

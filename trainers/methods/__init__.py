@@ -29,6 +29,7 @@ class MethodSpec:
     label: str = ""  # how reports name it (default: the name)
     base: Literal["4bit", "16bit", "config"] = "config"  # the base it trains on; config: quantization.load_in_4bit decides
     rank_dynamic: bool = False  # one trained adapter is usable, and scored, at every rank r_min..r_max
+    samples_rank: bool = True  # a rank-dynamic method trains one sampled rank per step (False: at r_max, qlora-svd)
     saves_adapter: bool = True  # False: saves the whole trained model (full-parameter methods)
     options_key: str | None = None  # its section under `adapter:` in the config, e.g. adalora
     options: type[BaseModel] | None = None  # that section's pydantic model (its fields validate themselves)

@@ -24,6 +24,19 @@ def read_adapter_meta(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+# How a rank-b prefix of a dynamic adapter is scaled, recorded in its meta as "scaling": "alpha/rank" (DyLoRA's
+# alpha/b, the default) or "alpha/r_max" (SVD truncation of a QLoRA r_max adapter keeps its trained scale).
+SCALINGS = ("alpha/rank", "alpha/r_max")
+
+
+def scaling_rank(meta: dict | None) -> int | None:
+    """The rank alpha is divided by at every active rank, or None when it is the active rank itself (alpha/b)."""
+    scaling = (meta or {}).get("scaling", "alpha/rank")
+    if scaling not in SCALINGS:
+        raise ValueError(f"{ADAPTER_META}: unknown scaling {scaling!r}; known: {', '.join(SCALINGS)}")
+    return int(meta["r_max"]) if scaling == "alpha/r_max" else None
+
+
 class TrainingMethod:
     saved_dir = "adapter"  # what `save` writes under the run folder
 

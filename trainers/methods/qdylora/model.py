@@ -9,7 +9,7 @@ from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
 from trainers.adapters import ADAPTER_WEIGHTS, lora_layers
-from trainers.methods.base import read_adapter_meta
+from trainers.methods.base import read_adapter_meta, scaling_rank
 from trainers.methods.qdylora.layer import RankTruncatedLinear
 from trainers.methods.qdylora.merge import refuse_full_rank_merge
 
@@ -30,14 +30,16 @@ def attach_dynamic_rank(model, update_mode: str = "cumulative", adapter: str = "
     return count
 
 
-def set_active_rank(model, rank: int, adapter: str = "default") -> None:
+def set_active_rank(model, rank: int, adapter: str = "default", scale_rank: int | None = None) -> None:
     """Use A[:rank], B[:, :rank] and scaling alpha/rank in every layer, until the next call (in mask mode the
-    scale alpha/rank sits in A's rank mask and PEFT's scaling is 1)."""
+    scale sits in A's rank mask and PEFT's scaling is 1). With `scale_rank`, alpha/scale_rank at every rank
+    instead (an SVD-truncated adapter keeps its trained scale, qlora-svd)."""
     for layer in lora_layers(model, adapter):
         a, b = layer.lora_A[adapter], layer.lora_B[adapter]
         if not 1 <= rank <= a.max_rank:
             raise ValueError(f"rank {rank} is outside 1..{a.max_rank}")
-        alpha = layer.lora_alpha[adapter]
+        # set_rank scales by alpha/rank: an effective alpha of alpha*rank/scale_rank makes that alpha/scale_rank
+        alpha = layer.lora_alpha[adapter] * (rank / scale_rank if scale_rank else 1)
         a.set_rank(rank, alpha)
         b.set_rank(rank, alpha)
         layer.scaling[adapter] = 1.0 if a.application == "mask" else alpha / rank
@@ -84,7 +86,9 @@ def export_rank(adapter_dir: str | Path, rank: int, out_dir: str | Path) -> Path
     """Write a standard PEFT adapter of rank `rank`: r=rank, lora_alpha=alpha, A[:rank], B[:, :rank].
 
     PEFT scales a rank-r adapter by lora_alpha / r, exactly the alpha / b that training used at b = rank,
-    so `PeftModel.from_pretrained(base, out_dir)` reproduces the dynamic model at active rank `rank`.
+    so `PeftModel.from_pretrained(base, out_dir)` reproduces the dynamic model at active rank `rank`. An adapter
+    whose meta fixes the scale at alpha / r_max (qlora-svd) is written with lora_alpha = alpha * rank / r_max,
+    so PEFT's lora_alpha / rank is that same alpha / r_max.
     """
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     ranks = exportable_ranks(adapter_dir)
@@ -102,6 +106,9 @@ def export_rank(adapter_dir: str | Path, rank: int, out_dir: str | Path) -> Path
             sliced[key] = tensor
     out_dir.mkdir(parents=True, exist_ok=True)
     config.r = rank
+    fixed = scaling_rank(read_adapter_meta(adapter_dir))
+    if fixed is not None:
+        config.lora_alpha = config.lora_alpha * rank / fixed
     config.rank_pattern, config.alpha_pattern = {}, {}
     config.save_pretrained(out_dir)
     save_file(sliced, out_dir / ADAPTER_WEIGHTS, metadata={"format": "pt"})

@@ -1,0 +1,124 @@
+"""The fidelity block end to end on the tiny model: QDyLoRA and qlora-svd (made from the grid's QLoRA r_max run)
+against the QLoRA grid, recorded on the parent run and equal to a hand computation from the recorded per-example
+artifacts; the summary and the report show it; smallest-not-worse records its interval."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from dashboards.report import pipeline_report
+from dashboards.summary import write_pipeline_outputs
+from evaluators.fidelity import rows_from
+from evaluators.selection import select_rank
+from orchestrator.pipeline import run_pipeline
+from orchestrator.tracking import MlflowTracker
+from tests.conftest import tiny_config
+from tests.orchestrator.test_pipeline import all_runs, children
+
+pytestmark = pytest.mark.slow
+GRID = [2, 4]
+
+
+@pytest.fixture(scope="module")
+def fidelity_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fidelity")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        cfg = tiny_config("training.max_steps=6", "adapter.r_max=4", "evaluation.max_samples=24",
+                          "evaluation.bootstrap_samples=200", f"baselines.ranks={GRID}",
+                          "baselines.methods=[{method: qlora-svd, r_max: 4}]", "selection.policy=smallest-not-worse",
+                          "selection.margin=0.02", "training.eval_every=3", "training.eval_samples=8")
+        result = run_pipeline(cfg, write_outputs=write_pipeline_outputs)
+    finally:
+        ray.shutdown()
+        del os.environ["MLFLOW_TRACKING_URI"]
+    return cfg, uri, result, folder
+
+
+def per_example(client, run, split, folder, rank=None):
+    name = f"per_example/{split}{'' if rank is None else f'_r{rank}'}.npy"
+    loss_sum, tokens, _ = np.load(client.download_artifacts(run.info.run_id, name, str(folder)))
+    return {"loss_sum": loss_sum, "tokens": tokens}
+
+
+def loss(cols):
+    return cols["loss_sum"].sum() / cols["tokens"].sum()
+
+
+def test_fidelity_block_equals_a_hand_computation_from_the_recorded_per_example_losses(fidelity_run, tmp_path):
+    cfg, uri, result, _ = fidelity_run
+    client = MlflowClient(uri)
+    runs = all_runs(uri, result.parent_run_id)
+    parent = client.get_run(result.parent_run_id)
+    evals = {int(r.data.params["rank"]): r for r in children(runs, result.parent_run_id, "eval")}
+    baselines = {r.info.run_name: r for r in children(runs, result.parent_run_id, "baseline")}
+    assert sorted(baselines) == ["qlora-r2", "qlora-r4", "qlora-svd-r4"]
+    # qlora-svd stands on the grid's QLoRA r=4 training (no run of its own): that training's costs are its costs
+    assert baselines["qlora-svd-r4"].data.metrics["device_seconds"] == baselines["qlora-r4"].data.metrics["device_seconds"]
+
+    dy_val = {r: per_example(client, run, "validation", tmp_path) for r, run in evals.items()}
+    dy_test = {r: per_example(client, evals[r], "test", tmp_path) for r in {*GRID, result.selected_rank}}
+    q_val = {r: per_example(client, baselines[f"qlora-r{r}"], "validation", tmp_path) for r in GRID}
+    q_test = {r: per_example(client, baselines[f"qlora-r{r}"], "test", tmp_path) for r in GRID}
+    for r, run in evals.items():  # the arrays are the recorded metrics, example by example
+        assert loss(dy_val[r]) == pytest.approx(run.data.metrics["eval_loss"], rel=1e-6)  # fp32 sums, regrouped
+
+    def pick(per_rank):
+        s = cfg.selection
+        return select_rank(rows_from(per_rank), policy=s.policy, per_example=per_rank, margin=s.margin,
+                           confidence=s.confidence, samples=200, seed=cfg.training.seed)["rank"]
+
+    m = parent.data.metrics
+    grid_pick, dy_pick = pick(q_val), pick(dy_val)
+    assert (m["fidelity_qdylora_grid_selected_rank"], m["fidelity_qdylora_selected_rank"]) == (grid_pick, dy_pick)
+    assert dy_pick == result.selected_rank
+    assert m["fidelity_qdylora_regret"] == pytest.approx(loss(dy_test[dy_pick]) - loss(q_test[grid_pick]), rel=1e-9)
+    for r in GRID:
+        assert m[f"fidelity_qdylora_delta_r{r}"] == pytest.approx(loss(dy_test[r]) - loss(q_test[r]), rel=1e-9)
+        assert m[f"fidelity_qdylora_delta_r{r}_low"] <= m[f"fidelity_qdylora_delta_r{r}"] <= m[f"fidelity_qdylora_delta_r{r}_high"]
+    sign = np.sign((loss(dy_val[4]) - loss(dy_val[2])) * (loss(q_val[4]) - loss(q_val[2])))
+    assert m["fidelity_qdylora_spearman_on_grid"] == pytest.approx(sign)  # two ranks: +1 or -1
+    seconds = {n: r.data.metrics["device_seconds"] for n, r in baselines.items()}
+    assert m["fidelity_qdylora_cost_ratio"] == pytest.approx(
+        (result.trained["device_seconds"] + sum(r.data.metrics["seconds"] for r in evals.values()))
+        / (seconds["qlora-r2"] + seconds["qlora-r4"]), rel=1e-6)
+
+    svd = baselines["qlora-svd-r4"]
+    svd_test = {r: per_example(client, svd, "test", tmp_path, r) for r in GRID}
+    assert m["fidelity_qlora_svd_delta_r4"] == pytest.approx(loss(svd_test[4]) - loss(q_test[4]), abs=1e-5)
+    assert abs(m["fidelity_qlora_svd_delta_r4"]) < 1e-4  # at r_max it is the QLoRA r_max adapter itself
+
+    curve = client.get_metric_history(parent.info.run_id, "curve_qdylora_eval_loss")
+    points = sorted((p.step, p.value) for p in curve)
+    assert [step for step, _ in points] == sorted(evals)
+    assert [value for _, value in points] == pytest.approx([evals[r].data.metrics["eval_loss"] for r in sorted(evals)],
+                                                           rel=1e-6)
+    block = json.loads(open(client.download_artifacts(parent.info.run_id, "fidelity/fidelity.json", str(tmp_path))).read())
+    assert block["grid"] == GRID and set(block["methods"]) == {"qdylora", "qlora-svd"}
+    assert m["selection_not_worse_upper"] <= m["selection_not_worse_margin"]
+
+
+def test_training_probes_are_mlflow_series_of_the_training_run(fidelity_run):
+    _, uri, result, _ = fidelity_run
+    client = MlflowClient(uri)
+    [trained] = children(all_runs(uri, result.parent_run_id), result.parent_run_id, "train")
+    for rank in (1, 2, 4):  # r_min, (1 + 4) // 2, r_max
+        history = client.get_metric_history(trained.info.run_id, f"val_loss_r{rank}")
+        assert sorted(p.step for p in history) == [3, 6]
+
+
+def test_summary_and_report_show_the_fidelity_block(fidelity_run, tmp_path):
+    _, uri, result, _ = fidelity_run
+    assert "Fidelity against the QLoRA search on G = [2, 4]" in result.table
+    assert "QLoRA-SVD" in result.table and "one-sided bound" in result.table
+    report = pipeline_report(MlflowTracker(uri), result.parent_run_id, tmp_path / "report")
+    page = report.html.read_text()
+    assert "Fidelity: does the one run pick the rank the QLoRA search would?" in page
+    assert "smallest-not-worse: rank" in page
