@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO / "examples" / "smollm2-countries.yaml"))
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
+    parser.add_argument("--bf16-seeds", type=int, default=None, help="train bf16 on the first N seeds only")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", dest="extra", action="append", default=[])
     parser.add_argument("--smoke", action="store_true", help="tiny model, 2 steps: checks the script still runs")
@@ -79,10 +80,11 @@ def main() -> None:
         args.extra, args.steps, args.seeds = [*SMOKE, *args.extra], 2, [0, 1]
     torch.set_num_threads(args.threads)
     scratch = Path(tempfile.mkdtemp(prefix="dyrank-bench-autocast-"))
-    runs = {dtype: [train_and_score(args.config, args.steps, seed, dtype, args.extra, scratch) for seed in args.seeds]
-            for dtype in ("float32", "bfloat16")}
+    bf16_seeds = args.seeds[:args.bf16_seeds]
+    runs = {dtype: [train_and_score(args.config, args.steps, seed, dtype, args.extra, scratch) for seed in seeds]
+            for dtype, seeds in (("float32", args.seeds), ("bfloat16", bf16_seeds))}
     result = stamp("bench/autocast_quality.py", *TRAINING_LIBRARIES, config=Path(args.config).name,
-                   steps=args.steps, seeds=args.seeds, overrides=args.extra, smoke=args.smoke)
+                   steps=args.steps, seeds=args.seeds, bf16_seeds=bf16_seeds, overrides=args.extra, smoke=args.smoke)
     result.update(runs=runs, verdict=verdict(runs))
     write_result(result, args.out)
     for rank, row in result["verdict"].items():

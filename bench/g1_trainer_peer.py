@@ -175,6 +175,32 @@ def run(config: str, steps: int, warmup: int, extra: list[str], scratch: Path, a
     return {"times": times, "losses": losses, "checks": checks}
 
 
+def op_counts(config: str, steps: int, extra: list[str], scratch: Path, arms: list[str], profiled: int = 3) -> dict:
+    """Per dyrank arm, averaged over `profiled` steps after one warm-up step: operator calls (torch.profiler's
+    CPU events) and matmul FLOPs per step. Slice and mask differ here: the mask runs QLoRA r_max's ops and FLOPs,
+    slicing adds view/copy ops but does b/r_max of the LoRA FLOPs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from trainers.finetune import FinetuneRecipe
+
+    rows = {}
+    for name in arms:
+        recipe = FinetuneRecipe(job_config(config, steps, extra, ARMS[name]), scratch / f"ops-{name}", progress=False)
+        recipe.setup()
+        recipe.model.train()
+        recipe.train_step(0)
+        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+            for step in range(1, 1 + profiled):
+                recipe.train_step(step)
+        events = prof.key_averages()
+        top = sorted(events, key=lambda e: e.count, reverse=True)[:12]
+        rows[name] = {"ops_per_step": sum(e.count for e in events) / profiled,
+                      "matmul_gflops_per_step": sum(e.flops for e in events) / profiled / 1e9,
+                      "top_ops_per_step": {e.key: e.count / profiled for e in top}}
+        del recipe
+    return rows
+
+
 def paired_bootstrap(ratios: list[float], samples: int = 2000, seed: int = 0) -> tuple[float, float]:
     """95 % interval of the median of per-step paired ratios (step i of one arm ÷ step i of the peer)."""
     g = torch.Generator().manual_seed(seed)
@@ -211,12 +237,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", dest="extra", action="append", default=[])
     parser.add_argument("--smoke", action="store_true", help="tiny model, 4 steps: checks the script still runs")
+    parser.add_argument("--op-counts", action="store_true", help="only profile the dyrank arms' operator counts")
     parser.add_argument("--out", required=True)
     args = parse(parser)
     if args.smoke:
         args.extra, args.steps, args.warmup = [*SMOKE, *args.extra], 4, 1
     torch.set_num_threads(args.threads)
     scratch = Path(tempfile.mkdtemp(prefix="dyrank-bench-g1-"))
+    if args.op_counts:
+        out = stamp("bench/g1_trainer_peer.py --op-counts", *TRAINING_LIBRARIES, config=Path(args.config).name,
+                    threads=args.threads, overrides=args.extra, smoke=args.smoke)
+        out["arms"] = op_counts(args.config, args.steps, args.extra, scratch, args.arms)
+        write_result(out, args.out)
+        for name, row in out["arms"].items():
+            print(f"{name:<22} ops/step {row['ops_per_step']:>9.0f}  matmul GFLOP/step {row['matmul_gflops_per_step']:.1f}")
+        return
     result = run(args.config, args.steps, args.warmup, args.extra, scratch, args.arms)
     rows = summarise(result, args.warmup)
     out = stamp("bench/g1_trainer_peer.py", *TRAINING_LIBRARIES, config=Path(args.config).name, steps=args.steps,
