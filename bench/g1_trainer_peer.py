@@ -102,7 +102,9 @@ def peer_trainer(job, recipe, steps: int, out: Path, callback):
     return trainer, tokens
 
 
-def run(config: str, steps: int, warmup: int, extra: list[str], scratch: Path, arms: list[str]) -> dict:
+def run(config: str, steps: int, warmup: int, extra: list[str], scratch: Path, arms: list[str],
+        partial=None) -> dict:
+    """The interleaved run; `partial(result_so_far)` is called every 10 steps, so a cut-short run keeps its data."""
     from transformers import TrainerCallback
 
     from trainers.batching import collate
@@ -148,6 +150,8 @@ def run(config: str, steps: int, warmup: int, extra: list[str], scratch: Path, a
             step = state.global_step - 1
             times["peer"].append(now - self.mark - self.inside)
             dyrank_steps(arms[step % (len(arms) + 1):], step)
+            if partial and (step + 1) % 10 == 0 and step + 1 > warmup + 2:
+                partial({"times": times, "losses": losses, "checks": {"steps_done": step + 1}})
             self.inside, self.mark = 0.0, time.perf_counter()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -252,12 +256,17 @@ def main() -> None:
         for name, row in out["arms"].items():
             print(f"{name:<22} ops/step {row['ops_per_step']:>9.0f}  matmul GFLOP/step {row['matmul_gflops_per_step']:.1f}")
         return
-    result = run(args.config, args.steps, args.warmup, args.extra, scratch, args.arms)
-    rows = summarise(result, args.warmup)
-    out = stamp("bench/g1_trainer_peer.py", *TRAINING_LIBRARIES, config=Path(args.config).name, steps=args.steps,
-                warmup=args.warmup, threads=args.threads, overrides=args.extra, smoke=args.smoke)
-    out.update(arms=rows, checks=result["checks"], raw_step_seconds=result["times"], train_losses=result["losses"])
-    write_result(out, args.out)
+    def save(result: dict, steps_done: int) -> dict:
+        rows = summarise(result, args.warmup)
+        out = stamp("bench/g1_trainer_peer.py", *TRAINING_LIBRARIES, config=Path(args.config).name, steps=steps_done,
+                    planned_steps=args.steps, warmup=args.warmup, threads=args.threads, overrides=args.extra,
+                    smoke=args.smoke)
+        out.update(arms=rows, checks=result["checks"], raw_step_seconds=result["times"], train_losses=result["losses"])
+        write_result(out, args.out)
+        return rows
+
+    rows = save(run(args.config, args.steps, args.warmup, args.extra, scratch, args.arms,
+                    partial=lambda r: save(r, r["checks"]["steps_done"])), args.steps)
     print(f"{'arm':<22}{'median s':>10}{'÷ peer':>8}{'paired 95% CI':>18}")
     for name, r in rows.items():
         low, high = r["paired_ratio_ci95"]
