@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -264,6 +265,9 @@ def test_evaluator_killed_mid_rank_is_restarted_and_scores_that_rank_once(tracki
     log, killed_rank = tmp_path / "scores.jsonl", 5
     monkeypatch.setenv(KILL_RANK_ENV, str(killed_rank))
     monkeypatch.setenv(SCORE_LOG_ENV, str(log))
+    # Ray's workers import the hook from `tests`, which only pytest's own sys.path holds: give them the checkout
+    repo = str(Path(__file__).resolve().parents[2])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p))
     ray.init(address="local", num_cpus=2, include_dashboard=False,
              runtime_env={"worker_process_setup_hook": "tests.support.evaluator_faults.install"})
     result = run_pipeline(tiny_config("baselines.ranks=[]"))
