@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/g1_trainer_peer.py --config examples/smollm2-countries.yaml --steps 110 --warmup 10 \\
         --out bench/results/g1-smollm2-cpu.json
+    .venv/bin/python bench/g1_trainer_peer.py --peer sft --arms dyrank-qlora dyrank-qdylora-slice --steps 110 \
+        --out bench/results/g1-sft-smollm2-cpu.json                                     # TRL's SFTTrainer as the peer
+    .venv/bin/python bench/g1_trainer_peer.py --no-peer --steps 210 --out bench/results/p1-smollm2-cpu.json  # P1 only
     .venv/bin/python bench/g1_trainer_peer.py --smoke --out /tmp/g1-smoke.json          # tiny model, seconds
 
 Arms, all in this one process on the same NF4 + double-quant base, the same examples in the same batches,
@@ -9,7 +12,8 @@ LoRA on the same targets (rank 64, the config's alpha and dropout), the same opt
 checkpointing and clipping, and the same compute dtype (bf16 autocast where the device runs bf16 natively;
 Trainer's `bf16=True`, or `fp16=True` on GPUs without bf16):
 - `peer`: a `transformers.Trainer` on `prepare_model_for_kbit_training` + `get_peft_model` (what a QLoRA user
-  scripts); its whole per-step cycle is timed (batch fetch, step, its logging), as a user pays it;
+  scripts), or with `--peer sft` TRL's `SFTTrainer` given the base and a `peft_config`; its whole per-step cycle
+  is timed (batch fetch, step, its logging), as a user pays it;
 - `dyrank-qlora`: dyrank's recipe (trainers/finetune.py), method qlora, rank 64;
 - `dyrank-qdylora-slice` / `dyrank-qdylora-mask`: QDyLoRA r_max 64 (one rank sampled per step) with each
   `adapter.rank_application`.
@@ -57,8 +61,11 @@ def job_config(config: str, steps: int, extra: list[str], arm: list[str]):
 PIPELINE_SECTIONS = ("selection", "baselines", "tracking", "resources")  # a pipeline YAML's non-job sections
 
 
-def peer_trainer(job, recipe, steps: int, out: Path, callback):
-    """What a QLoRA user scripts: PEFT's k-bit preparation and LoRA, and a Trainer with the recipe's settings."""
+def peer_trainer(job, recipe, steps: int, out: Path, callback, kind: str = "trainer"):
+    """What a QLoRA user scripts: PEFT's k-bit preparation and LoRA, and a `Trainer` with the recipe's settings;
+    or (kind "sft") TRL's `SFTTrainer` given the base and a `peft_config`, as TRL's QLoRA recipe does, with its own
+    loss (TRL's fused lm_head and token metrics). Both see the recipe's token batches (SFT's dataset preparation
+    is skipped: the rows are already tokenized with dyrank's prompt masking, so the tokens are equal)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from torch.utils.data import SequentialSampler
     from transformers import Trainer, TrainingArguments
@@ -69,10 +76,8 @@ def peer_trainer(job, recipe, steps: int, out: Path, callback):
     a, t = job.adapter, job.training
     torch.manual_seed(t.seed)
     base = load_base_model(recipe.base_path, quant_settings(job), device=recipe.device)
-    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True,
-                                           gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = get_peft_model(base, LoraConfig(r=64, lora_alpha=a.alpha, lora_dropout=a.dropout, bias="none",
-                                            target_modules=a.target_modules, task_type="CAUSAL_LM"))
+    lora = LoraConfig(r=64, lora_alpha=a.alpha, lora_dropout=a.dropout, bias="none",
+                      target_modules=a.target_modules, task_type="CAUSAL_LM")
     # The peer sees exactly the recipe's batches: step i's examples in step i's order, no shuffling.
     ordered = [recipe.train_examples[i] for step in range(steps) for i in recipe.schedule.indices(step)]
     tokens: list[int] = []
@@ -82,12 +87,8 @@ def peer_trainer(job, recipe, steps: int, out: Path, callback):
         tokens.append(int(batch["attention_mask"].sum()))
         return batch
 
-    class OrderedTrainer(Trainer):
-        def _get_train_sampler(self, *args, **kwargs):
-            return SequentialSampler(self.train_dataset)
-
     compute = resolve_compute_dtype(job.quantization.compute_dtype)
-    args = TrainingArguments(
+    settings = dict(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=t.batch_size, learning_rate=t.lr,
         lr_scheduler_type="constant_with_warmup", warmup_steps=math.ceil(t.warmup_ratio * steps),  # as the recipe: trainers/finetune.py
         max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, optim=PEER_OPTIMIZERS[t.optimizer],
@@ -97,13 +98,34 @@ def peer_trainer(job, recipe, steps: int, out: Path, callback):
         save_strategy="no", report_to=[], disable_tqdm=True, remove_unused_columns=False,
         dataloader_num_workers=0, seed=t.seed, use_cpu=recipe.device.type == "cpu",
     )
-    trainer = OrderedTrainer(model=model, args=args, train_dataset=ordered, data_collator=collate_and_count,
-                             callbacks=[callback])
+    if kind == "sft":
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        class OrderedSFTTrainer(SFTTrainer):
+            def _get_train_sampler(self, *args, **kwargs):
+                return SequentialSampler(self.train_dataset)
+
+        args = SFTConfig(**settings, max_length=None, packing=False, shuffle_dataset=False,
+                         dataset_kwargs={"skip_prepare_dataset": True})
+        trainer = OrderedSFTTrainer(model=base, args=args, train_dataset=Dataset.from_list(ordered),
+                                    data_collator=collate_and_count, processing_class=recipe.tokenizer,
+                                    peft_config=lora, callbacks=[callback])
+        return trainer, tokens
+
+    class OrderedTrainer(Trainer):
+        def _get_train_sampler(self, *args, **kwargs):
+            return SequentialSampler(self.train_dataset)
+
+    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True,
+                                           gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainer = OrderedTrainer(model=get_peft_model(base, lora), args=TrainingArguments(**settings),
+                             train_dataset=ordered, data_collator=collate_and_count, callbacks=[callback])
     return trainer, tokens
 
 
 def run(config: str, steps: int, warmup: int, extra: list[str], scratch: Path, arms: list[str],
-        partial=None) -> dict:
+        partial=None, peer: str = "trainer") -> dict:
     """The interleaved run; `partial(result_so_far)` is called every 10 steps, so a cut-short run keeps its data."""
     from transformers import TrainerCallback
 
@@ -158,7 +180,7 @@ def run(config: str, steps: int, warmup: int, extra: list[str], scratch: Path, a
             if logs and "loss" in logs:
                 losses["peer"].append(logs["loss"])
 
-    trainer, peer_tokens = peer_trainer(first.cfg, first, steps, scratch / "peer", Interleave())
+    trainer, peer_tokens = peer_trainer(first.cfg, first, steps, scratch / "peer", Interleave(), peer)
     peer_params = trainable_params(trainer.model)
     trainer.train()
 
@@ -176,6 +198,36 @@ def run(config: str, steps: int, warmup: int, extra: list[str], scratch: Path, a
     spread_loss = max(checks["first_step_loss"].values()) / min(checks["first_step_loss"].values()) - 1
     if spread_loss > 0.02:
         raise SystemExit(f"first-step losses differ by {spread_loss:.1%}: {checks['first_step_loss']}")
+    return {"times": times, "losses": losses, "checks": checks}
+
+
+def run_without_peer(config: str, steps: int, warmup: int, extra: list[str], scratch: Path, arms: list[str],
+                     partial=None) -> dict:
+    """P1 only: the dyrank arms interleaved step by step, the first arm's place rotating, no peer (at 3 s a step
+    a peer would add 40 % to a 200-step run and P1 does not use it)."""
+    from trainers.finetune import FinetuneRecipe
+    from trainers.methods.base import trainable_params
+
+    recipes = {}
+    for name in arms:
+        recipes[name] = FinetuneRecipe(job_config(config, steps, extra, ARMS[name]), scratch / name, progress=False)
+        recipes[name].setup()
+        recipes[name].model.train()
+    times = {name: [] for name in arms}
+    losses = {name: [] for name in arms}
+    for step in range(steps):
+        shift = step % len(arms)
+        for name in arms[shift:] + arms[:shift]:
+            begun = time.perf_counter()
+            row = recipes[name].train_step(step)
+            times[name].append(time.perf_counter() - begun)
+            losses[name].append(row["train_loss"])
+        if partial and (step + 1) % 10 == 0 and step + 1 > warmup + 2:
+            partial({"times": times, "losses": losses, "checks": {"steps_done": step + 1}})
+    checks = {"trainable_params": {n: trainable_params(r.model) for n, r in recipes.items()},
+              "first_step_loss": {n: losses[n][0] for n in arms}}
+    if len(set(checks["trainable_params"].values())) != 1:
+        raise SystemExit(f"arms train different parameter counts: {checks['trainable_params']}")
     return {"times": times, "losses": losses, "checks": checks}
 
 
@@ -216,7 +268,7 @@ def paired_bootstrap(ratios: list[float], samples: int = 2000, seed: int = 0) ->
 
 def summarise(result: dict, warmup: int) -> dict:
     times = {name: values[warmup:] for name, values in result["times"].items()}
-    peer = times["peer"]
+    peer = times.get("peer", times["dyrank-qlora"])  # without a peer (--no-peer) ratios are to dyrank's QLoRA
     rows = {}
     for name, values in times.items():
         paired = [v / p for v, p in zip(values, peer)]
@@ -242,6 +294,9 @@ def main() -> None:
     parser.add_argument("--set", dest="extra", action="append", default=[])
     parser.add_argument("--smoke", action="store_true", help="tiny model, 4 steps: checks the script still runs")
     parser.add_argument("--op-counts", action="store_true", help="only profile the dyrank arms' operator counts")
+    parser.add_argument("--peer", choices=["trainer", "sft"], default="trainer",
+                        help="the peer arm: transformers Trainer + PEFT, or TRL's SFTTrainer with a peft_config")
+    parser.add_argument("--no-peer", action="store_true", help="P1 only: the dyrank arms without the Trainer arm")
     parser.add_argument("--out", required=True)
     args = parse(parser)
     if args.smoke:
@@ -258,16 +313,23 @@ def main() -> None:
         return
     def save(result: dict, steps_done: int) -> dict:
         rows = summarise(result, args.warmup)
-        out = stamp("bench/g1_trainer_peer.py", *TRAINING_LIBRARIES, config=Path(args.config).name, steps=steps_done,
+        script = "bench/g1_trainer_peer.py" + (" --no-peer" if args.no_peer else f" --peer {args.peer}")
+        out = stamp(script, *TRAINING_LIBRARIES, config=Path(args.config).name, steps=steps_done,
                     planned_steps=args.steps, warmup=args.warmup, threads=args.threads, overrides=args.extra,
                     smoke=args.smoke)
         out.update(arms=rows, checks=result["checks"], raw_step_seconds=result["times"], train_losses=result["losses"])
         write_result(out, args.out)
         return rows
 
-    rows = save(run(args.config, args.steps, args.warmup, args.extra, scratch, args.arms,
-                    partial=lambda r: save(r, r["checks"]["steps_done"])), args.steps)
-    print(f"{'arm':<22}{'median s':>10}{'÷ peer':>8}{'paired 95% CI':>18}")
+    if args.no_peer and "dyrank-qlora" not in args.arms:
+        raise SystemExit("--no-peer: --arms must include dyrank-qlora (P1's reference)")
+    partial = lambda r: save(r, r["checks"]["steps_done"])  # noqa: E731
+    if args.no_peer:
+        measured = run_without_peer(args.config, args.steps, args.warmup, args.extra, scratch, args.arms, partial)
+    else:
+        measured = run(args.config, args.steps, args.warmup, args.extra, scratch, args.arms, partial, args.peer)
+    rows = save(measured, args.steps)
+    print(f"{'arm':<22}{'median s':>10}{'÷ qlora' if args.no_peer else '÷ peer':>8}{'paired 95% CI':>18}")
     for name, r in rows.items():
         low, high = r["paired_ratio_ci95"]
         print(f"{name:<22}{r['median_s']:>10.3f}{r['paired_ratio_median']:>8.3f}   [{low:.3f}, {high:.3f}]")

@@ -109,12 +109,14 @@ class Trainer(_Worker):
     so a restarted actor picks up where the dead one stopped."""
 
     def train(self, out_dir: str, evaluate_on: tuple[str, ...] = (), step_sink=None, threads: int | None = None,
-              sweep_ranks: tuple[int, ...] = (), svd_sweep: tuple[int, ...] | None = None) -> TrainingReply:
+              sweep_ranks: tuple[int, ...] = (), svd_sweep: tuple[int, ...] | None = None,
+              test_ranks=None) -> TrainingReply:
         """step_sink(row) -> bool, if given, sees every step's metrics; True stops the training (a pruned trial).
         threads: torch threads for this training (see _threads).
         sweep_ranks: a rank-dynamic baseline (qlora-svd) is also scored at these ranks on every split of
         evaluate_on. svd_sweep: this QLoRA run is also a qlora-svd baseline's training (no second run): its
-        adapter is SVD-ordered and scored at these ranks, the reply's `derived`."""
+        adapter is SVD-ordered and scored at these ranks, the reply's `derived`. test_ranks(validation values by
+        rank) -> the swept ranks also scored on test (default: all of them)."""
         from trainers.finetune import ARTIFACTS_FILE, METRICS_FILE, train
 
         started = time.time()
@@ -128,17 +130,18 @@ class Trainer(_Worker):
             artifacts=json.loads(artifacts.read_text()) if artifacts.exists() else {}, torch_threads=self.threads,
         )
         if evaluate_on:  # baselines score themselves with the evaluators' code, on their own run
-            self._score(result.adapter_dir, evaluate_on, reply, sweep_ranks)
+            self._score(result.adapter_dir, evaluate_on, reply, sweep_ranks, test_ranks)
         else:  # the main job's adapter goes to the evaluators; a baseline's (full weights, for GaLore) stays here
             reply.adapter_files = read_adapter_files(result.adapter_dir)
         if svd_sweep is not None:
-            reply.derived = self._svd_of(result.adapter_dir, Path(out_dir) / "svd", evaluate_on, svd_sweep, reply)
+            reply.derived = self._svd_of(result.adapter_dir, Path(out_dir) / "svd", evaluate_on, svd_sweep, reply,
+                                         test_ranks)
         _free_accelerator_memory(collect=True)
         self.busy_seconds += time.time() - started
         return reply
 
     def _svd_of(self, adapter_dir: Path, out_dir: Path, evaluate_on: tuple[str, ...], sweep: tuple[int, ...],
-                trained: TrainingReply) -> TrainingReply:
+                trained: TrainingReply, test_ranks=None) -> TrainingReply:
         """The qlora-svd baseline made from this QLoRA run (trainers/methods/qlora_svd/model.py), scored at its
         full rank and every rank of `sweep`; its costs are this run's (the training it stands on) and its steps."""
         from trainers.methods.qlora_svd.model import svd_order_adapter
@@ -148,14 +151,15 @@ class Trainer(_Worker):
         reply = TrainingReply(placement=trained.placement, start=started, end=started, steps=trained.steps,
                               final_loss=trained.final_loss, resumed_from=trained.resumed_from, costs=trained.costs,
                               step_rows=trained.step_rows, torch_threads=trained.torch_threads)
-        self._score(svd_dir, evaluate_on, reply, sweep)
+        self._score(svd_dir, evaluate_on, reply, sweep, test_ranks)
         reply.end = time.time()
         return reply
 
     def _score(self, adapter_dir: Path, splits: tuple[str, ...], reply: TrainingReply,
-               sweep_ranks: tuple[int, ...] = ()) -> None:
+               sweep_ranks: tuple[int, ...] = (), test_ranks=None) -> None:
         """The baseline's scores at its rank (and per-example values) into `reply`; a rank-dynamic baseline's
-        also at every rank of sweep_ranks (rank_scores, per_example "split@rank")."""
+        also at every rank of sweep_ranks (rank_scores, per_example "split@rank"), on test at those test_ranks
+        picks from the validation values (validation comes first in `splits`)."""
         from evaluators.session import EvalSession
 
         started = time.time()
@@ -167,7 +171,10 @@ class Trainer(_Worker):
             [own] = session.score_ranks(split, [rank], generate=test, intervals=test)
             reply.scores.update(own.metrics)
             reply.per_example[split] = own.per_example
-            for scored in session.score_ranks(split, list(sweep_ranks)) if sweep_ranks else ():
+            ranks = list(sweep_ranks)
+            if test and ranks and test_ranks is not None:
+                ranks = [r for r in test_ranks({r: reply.per_example[f"validation@{r}"] for r in ranks}) if r in ranks]
+            for scored in session.score_ranks(split, ranks) if ranks else ():
                 reply.rank_scores.setdefault(scored.rank, {}).update(scored.metrics)
                 reply.per_example[f"{split}@{scored.rank}"] = scored.per_example
         reply.scores.update(_harness_scores(self.cfg, session, rank))

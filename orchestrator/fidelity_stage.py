@@ -77,6 +77,17 @@ def selector(cfg):
     return select
 
 
+def competitor_test_ranks(cfg):
+    """Which swept ranks a rank-dynamic baseline is scored at on test, from its validation values: the grid and
+    the rank the pipeline's policy selects (what its fidelity block reads), as for the main QDyLoRA run; scoring
+    test at every rank would double the sweep's cost for curves nobody selects on."""
+    grid, select = fidelity_grid(cfg), selector(cfg)
+
+    def test_ranks(validation: dict) -> list[int]:
+        return sorted({*(r for r in grid if r in validation), select(validation)})
+    return test_ranks
+
+
 def compute_blocks(cfg, store: PerExampleStore, records, ranks: list[dict], selected_rank: int,
                    trained_seconds: float) -> dict:
     """{"grid": G, "methods": {method: block}}: every one-run method against the QLoRA grid (needs G's test
@@ -102,8 +113,10 @@ def compute_blocks(cfg, store: PerExampleStore, records, ranks: list[dict], sele
             continue
         key = JobKey("baseline", job.name)
         row = records[key].row
+        validation = {r: store.get(key, "validation", r) for r in sweep}
+        test = {r: store.get(key, "test", r) for r in competitor_test_ranks(cfg)(validation)}
         blocks[job.method if job.method not in blocks else job.name] = compare_to_grid(
-            {r: store.get(key, "validation", r) for r in sweep}, {r: store.get(key, "test", r) for r in sweep},
+            validation, test,
             grid_val, grid_test, one_run_seconds=row.get("device_seconds", 0.0) + row.get("score_seconds", 0.0),
             **common)
     return {"grid": grid, "methods": blocks}
@@ -165,14 +178,14 @@ class FidelityStage:
         grid = next((g for g, name in self.derives.items() if name == key.id), None)
         return key.kind == "baseline" and grid is not None and JobKey("baseline", grid) not in self.records
 
-    def scoring_args(self, key: JobKey) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-        """Trainer.train's sweep_ranks and svd_sweep for a training job (see there)."""
+    def scoring_args(self, key: JobKey) -> tuple[tuple[int, ...], tuple[int, ...] | None, object]:
+        """Trainer.train's sweep_ranks, svd_sweep and test_ranks for a training job (see there)."""
         if key.kind != "baseline":
-            return (), None
+            return (), None, None
         derived = self.derives.get(key.id)
         svd_sweep = (competitor_sweep(self.cfg, self.baselines[derived])
                      if derived and JobKey("baseline", derived) not in self.records else None)
-        return competitor_sweep(self.cfg, self.baselines[key.id]), svd_sweep
+        return competitor_sweep(self.cfg, self.baselines[key.id]), svd_sweep, competitor_test_ranks(self.cfg)
 
     def record_scores_of(self, name: str, run_id: str, reply: TrainingReply) -> None:
         """A baseline's per-example values (artifacts) and a rank-dynamic baseline's curve (series, step = rank);

@@ -22,6 +22,7 @@ SMOKED_ELSEWHERE = {"multirank_eval.py": "test_multirank_smoke.py", "p3_eval_arm
 SMOKES = {
     "accuracy.py": ([], ["rows"]),
     "autocast_quality.py": ([], ["runs", "verdict"]),
+    "fidelity.py": ([], ["seeds", "pooled", "update_mode"]),
     "g1_trainer_peer.py": ([], ["arms", "checks", "raw_step_seconds"]),
     "g2_time_to_rank.py": (["--set", "adapter.r_max=2"], ["ratio", "every_rank_extrapolated", "user_grid"]),
     "dequantized_eval.py": ([], ["ratio_dequantized_over_nf4", "relative_loss_difference"]),
@@ -32,6 +33,9 @@ SMOKES = {
     "p5_fanout.py": ([], ["speedup", "efficiency"]),
     "tiny_pipeline_fanout.py": ([], ["summary", "sweep_speedup_2_over_1"]),
 }
+# other modes of a script, each its own smoke run: (script, extra arguments, keys its JSON must hold)
+MODES = [("g1_trainer_peer.py", ["--peer", "sft"], ["arms", "checks"]),  # TRL's SFTTrainer as the peer
+         ("g1_trainer_peer.py", ["--no-peer"], ["arms", "raw_step_seconds"])]  # P1 alone
 # per script: on an idle 2-core machine each takes seconds to about two minutes (the ones that run a pipeline);
 # the limit is for a loaded machine, where a pipeline's Ray start-up alone can take minutes
 TIMEOUT_S = 900
@@ -59,6 +63,18 @@ def test_smoke_run_writes_its_json(script, tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(out.read_text())
     assert all(key in result for key in keys), sorted(result)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TIMEOUT_S + 60)
+@pytest.mark.parametrize("script, args, keys", MODES, ids=[" ".join([s, *a]) for s, a, _ in MODES])
+def test_other_modes_write_their_json(script, args, keys, tmp_path):
+    out = tmp_path / "result.json"
+    done = _run(script, ["--smoke", *args, "--out", str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert all(key in result for key in keys), sorted(result)
+    assert result["script"].endswith(" ".join(args))  # the JSON says which mode measured it
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,6 +95,13 @@ def test_fidelity_block_equals_a_hand_computation_from_the_recorded_per_example_
     svd_test = {r: per_example(client, svd, "test", tmp_path, r) for r in GRID}
     assert m["fidelity_qlora_svd_delta_r4"] == pytest.approx(loss(svd_test[4]) - loss(q_test[4]), abs=1e-5)
     assert abs(m["fidelity_qlora_svd_delta_r4"]) < 1e-4  # at r_max it is the QLoRA r_max adapter itself
+    # qlora-svd is swept on validation at every rank, on test only at the grid and its selected rank (like QDyLoRA)
+    svd_val = {r: per_example(client, svd, "validation", tmp_path, r) for r in range(1, 5)}
+    svd_pick = pick(svd_val)
+    assert m["fidelity_qlora_svd_selected_rank"] == svd_pick
+    files = {Path(f.path).name for f in client.list_artifacts(svd.info.run_id, "per_example")}
+    assert {f for f in files if f.startswith("test_r")} == {f"test_r{r}.npy" for r in {*GRID, svd_pick}}
+    assert {f for f in files if f.startswith("validation_r")} == {f"validation_r{r}.npy" for r in range(1, 5)}
 
     curve = client.get_metric_history(parent.info.run_id, "curve_qdylora_eval_loss")
     points = sorted((p.step, p.value) for p in curve)
