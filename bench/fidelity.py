@@ -29,22 +29,14 @@ import numpy as np
 from _common import REPO, SMOKE_PIPELINE, TRAINING_LIBRARIES, parse, parser, stamp, write_result
 
 from evaluators import per_example as pe  # noqa: E402
-from evaluators.bootstrap import column_metric, paired_difference  # noqa: E402
+from evaluators.bootstrap import paired_difference  # noqa: E402
+from evaluators.fidelity import metric_value  # noqa: E402
 from orchestrator.fidelity_stage import FIDELITY_ARTIFACT  # noqa: E402
 
 SMOKE = [*SMOKE_PIPELINE, "model.source=tiny-llama", "data.dataset=tiny-qa", "adapter.r_max=4", "training.max_steps=4",
          "evaluation.ranks=all", "baselines.ranks=[2,4]", "baselines.methods=[{method: qlora-svd, r_max: 4}]",
          "evaluation.max_samples=16", "training.eval_every=2", "training.eval_samples=4", "data.max_seq_len=48"]
 SAMPLES = 2000  # bootstrap draws for the pooled intervals
-
-
-def columns(array) -> dict:
-    return {k: np.asarray(v, dtype=np.float64) for k, v in array.items()}
-
-
-def token_loss(cols: dict) -> float:
-    """Token-weighted mean loss of per-example columns (the recorded eval_loss / test_loss)."""
-    return float(column_metric({k: np.asarray(cols[k], dtype=np.float64) for k in ("loss_sum", "tokens")}))
 
 
 def stacked(parts: list[dict]) -> dict:
@@ -60,7 +52,7 @@ def interval(a: dict, b: dict) -> dict:
 def separation(grid_test: dict) -> dict:
     """The QLoRA grid's best and worst ranks on test, and the paired interval of their difference: did the grid's
     curve separate beyond example noise?"""
-    losses = {r: token_loss(c) for r, c in grid_test.items()}
+    losses = {r: metric_value(c) for r, c in grid_test.items()}
     best, worst = min(losses, key=losses.get), max(losses, key=losses.get)
     d = interval(grid_test[worst], grid_test[best])
     return {"best_rank": best, "worst_rank": worst, **d, "separated": d["low"] > 0}
@@ -139,7 +131,7 @@ def seed_entry(parent_id: str, uri: str, scratch: Path) -> dict:
         curves[name] = {**reader.series(run, "train_loss"), **reader.series(run, "val_loss_r")}
     return {"parent_run_id": parent_id, "wall_seconds": (parent.info.end_time - parent.info.start_time) / 1000,
             "grid": grid, "blocks": blocks, "selected_rank": int(parent.data.metrics["best_rank"]),
-            "separation": separation({r: columns(a) for r, a in arrays["qlora_test"].items()}),
+            "separation": separation(arrays["qlora_test"]),
             "curves": curves, "per_example": arrays}
 
 
@@ -190,8 +182,8 @@ def update_mode_entry(config: str, overrides: list[str], seed: int, mode: str, r
     over_grid = paired_difference(stacked([mine[r] for r in grid]), stacked([ref[r] for r in grid]), "eval_loss",
                                   SAMPLES, 0)
     return {"mode": mode, "parent_run_id": result.parent_run_id, "wall_seconds": wall_s,
-            "validation_loss": {r: token_loss(mine[r]) for r in grid},
-            "reference_validation_loss": {r: token_loss(ref[r]) for r in grid},
+            "validation_loss": {r: metric_value(mine[r]) for r in grid},
+            "reference_validation_loss": {r: metric_value(ref[r]) for r in grid},
             "per_rank_minus_reference": per_rank,
             "over_grid_minus_reference": {k: over_grid[k] for k in ("diff", "low", "high")},
             "curves": {**reader.series(reader.of_kind("train")[0], "train_loss"),
