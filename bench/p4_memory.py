@@ -66,8 +66,8 @@ def measure(base: Path, arm: str, batch: int, seq: int, vocab: int, chunk: int, 
                         gradient_checkpointing=True).train()
     optimizer = build_optimizer(optimizer_name, model.parameters(), 1e-4, 0.0)
     sampler = RankSampler(1, 64, seed=1)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
+    load_peak = None if cuda else memory.peak_bytes()  # the load's transient (bf16 read, then quantized)
+    memory.restart_peak()  # the steps' peak from here, counted from before the load, as on CUDA
     g = torch.Generator().manual_seed(0)
     for step in range(steps):
         if nf4:
@@ -79,7 +79,7 @@ def measure(base: Path, arm: str, batch: int, seq: int, vocab: int, chunk: int, 
             optimizer.zero_grad(set_to_none=True)
         else:
             lm_step(model, optimizer, ids, clip=None)  # no clipping: the recorded peaks were measured without it
-    row = {"weights_bytes": weights, "paged_optimizer_bytes": paged_optimizer_bytes(optimizer)}
+    row = {"weights_bytes": weights, "paged_optimizer_bytes": paged_optimizer_bytes(optimizer), "load_peak_bytes": load_peak}
     if cuda:
         row["torch_peak_bytes"] = torch.cuda.max_memory_allocated()
         row["peak_bytes"] = row["torch_peak_bytes"] + row["paged_optimizer_bytes"]

@@ -60,6 +60,21 @@ class PeakMemory:
         self.start_bytes = (_status_kib("VmRSS") or 0) * 1024
         return self
 
+    def restart_peak(self) -> None:
+        """Forget the peak so far and keep the start: peak_bytes() is then the most held from here on, still
+        counted from start() (what is resident now, e.g. loaded weights, included). A load's transient peak
+        (bf16 weights read then quantized, file pages) is not a training peak; CUDA's max_allocated is read the
+        same way after torch.cuda.reset_peak_memory_stats."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        _release_freed_heap()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            self.kind = "cpu_peak_rss_delta_unreset"
+
     def peak_bytes(self, optimizer=None) -> int:
         """Peak since start(); on CUDA, `optimizer`'s paged states are added (see paged_optimizer_bytes)."""
         if self.cuda:

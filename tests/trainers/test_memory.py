@@ -39,6 +39,20 @@ def test_cpu_peak_counts_an_allocation_made_after_start_and_not_an_earlier_peak(
     assert 60 * 2**20 <= peak < 160 * 2**20, "the 256 MiB peak from before start() must not be counted"
 
 
+def test_restart_peak_forgets_a_peak_after_start_but_keeps_counting_from_start():
+    memory = PeakMemory(torch.device("cpu")).start()
+    if memory.kind == "cpu_peak_rss_delta_unreset":
+        pytest.skip("this kernel does not let a process reset its peak RSS (/proc/self/clear_refs)")
+    kept = torch.ones(32 * 2**20 // 4)  # 32 MiB that stays resident (loaded weights)
+    transient = torch.ones(256 * 2**20 // 4)  # 256 MiB touched then freed (a load's transient)
+    del transient
+    memory.restart_peak()
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched (a training step's activations)
+    peak = memory.peak_bytes()
+    del block, kept
+    assert 90 * 2**20 <= peak < 200 * 2**20, "kept + block count from start(); the 256 MiB transient does not"
+
+
 def test_cpu_peak_says_when_it_could_not_reset_the_earlier_peak(monkeypatch):
     real_write = Path.write_text
 
