@@ -5,11 +5,9 @@ artifacts; the summary and the report show it; smallest-not-worse records its in
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 
 from dashboards.report import pipeline_report
@@ -18,7 +16,7 @@ from evaluators.fidelity import rows_from
 from evaluators.selection import select_rank
 from orchestrator.pipeline import run_pipeline
 from orchestrator.tracking import MlflowTracker
-from tests.conftest import tiny_config
+from tests.conftest import temp_tracking_store, tiny_config
 from tests.orchestrator.test_pipeline import all_runs, children
 
 pytestmark = pytest.mark.slow
@@ -28,17 +26,12 @@ GRID = [2, 4]
 @pytest.fixture(scope="module")
 def fidelity_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fidelity")
-    uri = f"sqlite:///{folder}/mlflow.db"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
+    with temp_tracking_store(folder) as uri:
         cfg = tiny_config("training.max_steps=6", "adapter.r_max=4", "evaluation.max_samples=24",
                           "evaluation.bootstrap_samples=200", f"baselines.ranks={GRID}",
                           "baselines.methods=[{method: qlora-svd, r_max: 4}]", "selection.policy=smallest-not-worse",
                           "selection.margin=0.02", "training.eval_every=3", "training.eval_samples=8")
         result = run_pipeline(cfg, write_outputs=write_pipeline_outputs)
-    finally:
-        ray.shutdown()
-        del os.environ["MLFLOW_TRACKING_URI"]
     return cfg, uri, result, folder
 
 

@@ -4,16 +4,15 @@ by the evaluators' code, recorded with the same params and cost metrics, side by
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config import load_config
 from dashboards.summary import write_pipeline_outputs
 from orchestrator.pipeline import run_pipeline
+from tests.conftest import temp_tracking_store
 from tests.orchestrator.test_pipeline import all_runs, children
 
 pytestmark = pytest.mark.slow
@@ -24,16 +23,11 @@ COSTS = {"trainable_params", "adapter_bytes", "peak_memory_bytes", "device_secon
 @pytest.fixture(scope="module")
 def methods_pipeline(tmp_path_factory):
     folder = tmp_path_factory.mktemp("methods")
-    uri = f"sqlite:///{folder}/mlflow.db"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
+    with temp_tracking_store(folder) as uri:
         # Half the example's 20 steps: enough for AdaLoRA to reach its budget (tinit 2, tfinal 4) and GaLore to
         # refresh its projection (every 5); what is checked is recording and costs, not how far the loss falls.
         cfg = load_config(METHODS_YAML, ["training.max_steps=10"])
         result = run_pipeline(cfg, write_outputs=write_pipeline_outputs)
-    finally:
-        ray.shutdown()
-        del os.environ["MLFLOW_TRACKING_URI"]
     return cfg, uri, result, all_runs(uri, result.parent_run_id)
 
 
