@@ -12,8 +12,6 @@ from mlflow.tracking import MlflowClient
 
 from dashboards.report import pipeline_report
 from dashboards.summary import write_pipeline_outputs
-from evaluators.fidelity import rows_from
-from evaluators.selection import select_rank
 from orchestrator.pipeline import run_pipeline
 from orchestrator.tracking import MlflowTracker
 from tests.conftest import temp_tracking_store, tiny_config
@@ -45,6 +43,25 @@ def loss(cols):
     return cols["loss_sum"].sum() / cols["tokens"].sum()
 
 
+def smallest_not_worse_by_hand(per_rank, margin, confidence, samples, seed):
+    """The policy as selection.smallest-not-worse describes it, computed here with numpy alone: the best rank
+    by token-weighted loss (ties to the smaller), then the smallest rank whose paired bootstrap (the same
+    resampled examples for both ranks, numpy's default_rng(seed)) puts the `confidence` quantile of
+    loss(rank) - loss(best) within margin * loss(best). Returns (rank, best rank, that quantile)."""
+    losses = {r: loss(cols) for r, cols in per_rank.items()}
+    best = min(losses, key=lambda r: (losses[r], r))
+    n = len(per_rank[best]["tokens"])
+    idx = np.random.default_rng(seed).integers(0, n, size=(samples, n))
+
+    def resampled(cols):
+        return cols["loss_sum"][idx].sum(axis=1) / cols["tokens"][idx].sum(axis=1)
+
+    for r in sorted(per_rank):
+        upper = np.quantile(resampled(per_rank[r]) - resampled(per_rank[best]), confidence)
+        if r == best or upper <= margin * losses[best]:
+            return r, best, upper
+
+
 def test_fidelity_block_equals_a_hand_computation_from_the_recorded_per_example_losses(fidelity_run, tmp_path):
     cfg, uri, result, _ = fidelity_run
     client = MlflowClient(uri)
@@ -65,13 +82,17 @@ def test_fidelity_block_equals_a_hand_computation_from_the_recorded_per_example_
 
     def pick(per_rank):
         s = cfg.selection
-        return select_rank(rows_from(per_rank), policy=s.policy, per_example=per_rank, margin=s.margin,
-                           confidence=s.confidence, samples=200, seed=cfg.training.seed)["rank"]
+        return smallest_not_worse_by_hand(per_rank, s.margin, s.confidence, cfg.evaluation.bootstrap_samples,
+                                          cfg.training.seed)
 
     m = parent.data.metrics
-    grid_pick, dy_pick = pick(q_val), pick(dy_val)
+    (grid_pick, _, _), (dy_pick, dy_best, dy_upper) = pick(q_val), pick(dy_val)
     assert (m["fidelity_qdylora_grid_selected_rank"], m["fidelity_qdylora_selected_rank"]) == (grid_pick, dy_pick)
-    assert dy_pick == result.selected_rank
+    assert dy_pick == result.selected_rank == parent.data.metrics["best_rank"]
+    # the evidence recorded for the choice is the hand computation's
+    assert m["selection_not_worse_reference_rank"] == dy_best
+    assert m["selection_not_worse_margin"] == pytest.approx(cfg.selection.margin * loss(dy_val[dy_best]), rel=1e-6)
+    assert m["selection_not_worse_upper"] == pytest.approx(dy_upper, rel=1e-6, abs=1e-9)
     assert m["fidelity_qdylora_regret"] == pytest.approx(loss(dy_test[dy_pick]) - loss(q_test[grid_pick]), rel=1e-9)
     for r in GRID:
         assert m[f"fidelity_qdylora_delta_r{r}"] == pytest.approx(loss(dy_test[r]) - loss(q_test[r]), rel=1e-9)
