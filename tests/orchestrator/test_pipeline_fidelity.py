@@ -15,6 +15,7 @@ from dashboards.summary import write_pipeline_outputs
 from orchestrator.pipeline import run_pipeline
 from orchestrator.tracking import MlflowTracker
 from tests.conftest import temp_tracking_store, tiny_config
+from tests.dashboards.report_page import read_report
 from tests.orchestrator.test_pipeline import all_runs, children
 
 pytestmark = pytest.mark.slow
@@ -129,10 +130,32 @@ def test_training_probes_are_mlflow_series_of_the_training_run(fidelity_run):
 
 
 def test_summary_and_report_show_the_fidelity_block(fidelity_run, tmp_path):
+    """The report's fidelity tables and the smallest-not-worse note show the metrics recorded on the parent run
+    (the report reads fidelity/fidelity.json; the metrics are logged apart from it)."""
     _, uri, result, _ = fidelity_run
     assert "Fidelity against the QLoRA search on G = [2, 4]" in result.table
     assert "QLoRA-SVD" in result.table and "one-sided bound" in result.table
-    report = pipeline_report(MlflowTracker(uri), result.parent_run_id, tmp_path / "report")
-    page = report.html.read_text()
-    assert "Fidelity: does the one run pick the rank the QLoRA search would?" in page
-    assert "smallest-not-worse: rank" in page
+    m = MlflowClient(uri).get_run(result.parent_run_id).data.metrics
+    page = read_report(pipeline_report(MlflowTracker(uri), result.parent_run_id, tmp_path / "report").html)
+    assert "Fidelity: does the one run pick the rank the QLoRA search would?" in page.headings
+
+    def interval(name):
+        return f"{m[name]:+.4f} [{m[name + '_low']:+.4f}, {m[name + '_high']:+.4f}]"
+
+    [summary] = [t for t in page.tables if t[0][0] == "method" and "regret [95%]" in t[0]]
+    rows = {row[0]: dict(zip(summary[0], row)) for row in summary[1:]}
+    assert list(rows) == ["QDyLoRA", "QLoRA-SVD"]
+    dy = rows["QDyLoRA"]
+    assert (int(dy["selected"]), int(dy["QLoRA search"])) == (m["fidelity_qdylora_selected_rank"],
+                                                              m["fidelity_qdylora_grid_selected_rank"])
+    assert dy["regret [95%]"] == interval("fidelity_qdylora_regret")
+    assert dy["spearman on G"] == f"{m['fidelity_qdylora_spearman_on_grid']:.3f}"
+    assert dy["cost ratio"] == f"{m['fidelity_qdylora_cost_ratio']:.3f}"
+    [deltas] = [t for t in page.tables if t[0] == ["method", "rank", "method - QLoRA on test [95%]"]]
+    assert deltas[1:] == [[name, str(r), interval(f"fidelity_{key}_delta_r{r}")]
+                          for name, key in (("QDyLoRA", "qdylora"), ("QLoRA-SVD", "qlora_svd")) for r in GRID]
+    [note] = [n for n in page.notes if n.startswith("smallest-not-worse:")]
+    assert note == (f"smallest-not-worse: rank {result.selected_rank} minus best rank "
+                    f"{int(m['selection_not_worse_reference_rank'])} on validation {m['selection_not_worse_diff']:+.4f} "
+                    f"[{m['selection_not_worse_low']:+.4f}, {m['selection_not_worse_high']:+.4f}], one-sided bound "
+                    f"{m['selection_not_worse_upper']:+.4f} <= margin {m['selection_not_worse_margin']:.4f}")
