@@ -55,8 +55,11 @@ def test_study_report_renders_every_plot_in_chromium(tiny_study, monkeypatch, ca
             assert run.data.tags["dyrank.trial_number"] == row[0]
             assert row[2] == f"{run.data.metrics['best_eval_loss']:.4g}", row
             recorded[int(row[0])] = (run.data.metrics["best_eval_loss"], row[-1])
+        elif row[1] == "PRUNED":  # Optuna's value for a pruned trial: the last value it reported to the pruner
+            reported = trials[int(row[0])].intermediate_values
+            assert row[2] == f"{reported[max(reported)]:.4g}", row
         else:
-            assert row[2] == "", row  # no value for a trial that did not finish
+            assert row[2] == "", row  # a failed or still running trial has no value
     best = min(recorded, key=lambda number: recorded[number][0])  # direction minimize
     assert page.headings == ["Study study-tiny", f"Best trial {best}: its pipeline"]
     assert_pipeline_section_is_the_mlflow_record(page, page.tables[1], client, recorded[best][1])
