@@ -68,7 +68,8 @@ def check_fits(cfg, plans: list[ActorPlan] | None = None) -> list[ActorPlan]:
     plans = plans if plans is not None else plan(cfg)
     over = [p for p in plans if not p.fits]
     if over:
-        detail = "; ".join(f"{p.estimate.role}: {p.estimate.total / GIB:.1f} GiB > {p.budget_gb:.1f} GiB" for p in over)
+        # three significant digits, not one decimal: a small model's 0.003 GiB over a 0.001 GiB share must not read "0.0 > 0.0"
+        detail = "; ".join(f"{p.estimate.role}: {p.estimate.total / GIB:.3g} GiB > {p.budget_gb:.3g} GiB" for p in over)
         raise PipelineError(
             f"resources: estimated peak memory exceeds the declared GPU memory ({detail}); lower training.batch_size "
             "or data.max_seq_len, turn on training.gradient_checkpointing or quantization.load_in_4bit, or give "

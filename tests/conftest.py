@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -89,6 +90,27 @@ def stop_at(step: int):
             raise Interrupt
 
     return on_step
+
+
+@contextmanager
+def temp_tracking_store(folder: Path):
+    """MLFLOW_TRACKING_URI points at a new sqlite store in `folder` while the block runs; yields its URI.
+
+    On leaving, the local Ray the block started is shut down before the variable is restored: its workers
+    were started with this store in their environment, and a later test must not reuse them."""
+    import ray
+
+    uri = f"sqlite:///{folder}/mlflow.db"
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield uri
+    finally:
+        ray.shutdown()
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 PIPELINE_SECTIONS = ("selection", "baselines", "tracking", "resources")

@@ -99,3 +99,16 @@ def test_ports_reserved_by_one_session_are_never_handed_to_another(monkeypatch):
     assert len(theirs) == 5 and len(mine) == 5 and not theirs & mine, (theirs, mine)
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     assert all(processes.PORT_RANGE[0] <= p < low for p in theirs | mine), "never a port the kernel may hand out"
+
+
+def test_a_temporary_tracking_store_gives_back_the_store_that_was_set(tmp_path, monkeypatch):
+    from tests.conftest import temp_tracking_store
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/mlflow.db")
+    with temp_tracking_store(tmp_path) as uri:
+        assert os.environ["MLFLOW_TRACKING_URI"] == uri == f"sqlite:///{tmp_path}/mlflow.db"
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:////elsewhere/mlflow.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with temp_tracking_store(tmp_path):
+        pass
+    assert "MLFLOW_TRACKING_URI" not in os.environ

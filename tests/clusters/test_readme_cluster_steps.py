@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO
+from tests.support.processes import port_free
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a Ray head and worker started as the README does, then a pipeline
 VENV = Path(sys.executable).parents[1] if (Path(sys.executable).parent / "ray").exists() else None
@@ -30,15 +30,6 @@ def readme_cluster_block() -> str:
     text = (REPO / "README.md").read_text()
     section = text.split("\n## On a Ray cluster\n", 1)[1].split("\n## ", 1)[0]
     return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def _stop_marked(marker: str) -> None:
@@ -72,7 +63,7 @@ def test_readme_block_order_is_right_for_a_fresh_home():
 
 @pytest.mark.skipif(VENV is None, reason="needs the project's virtual environment (ray on its bin/)")
 def test_readme_cluster_steps_run_verbatim_with_a_private_home(tmp_path):
-    if not (_port_free(8265) and _port_free(6379)):
+    if not (port_free(8265) and port_free(6379)):
         pytest.skip("ports 8265/6379 (the README's defaults) are taken by another Ray on this machine")
     home, project = tmp_path / "home", tmp_path / "project"
     home.mkdir()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import re
+from collections import Counter
 
 import optuna
 import pytest
+from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from tests.browser import dump_dom
+from tests.dashboards.report_page import assert_pipeline_section_is_the_mlflow_record, read_report
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +41,28 @@ def test_study_report_renders_every_plot_in_chromium(tiny_study, monkeypatch, ca
     # history, importances, intermediate values; then the best trial's rank curves, cost, training curves
     assert plots == sent >= 6, (plots, sent)
     assert images == text.count('<img class="png"') == 6
-    assert "Best trial" in dom and "QLoRA r=2" in dom and "selected rank" in dom
+    page = read_report(html_path)
+    client = MlflowClient(tiny_study.tracking_uri)
+    trials = optuna.load_study(study_name="study-tiny", storage=tiny_study.storage).get_trials()
+    header, *rows = page.tables[0]
+    assert header[:3] == ["trial", "state", "best_eval_loss"] and header[-1] == "pipeline run"
+    assert [(int(r[0]), r[1]) for r in rows] == [(t.number, t.state.name) for t in trials]
+    assert ast.literal_eval(page.notes[0].split("trials by state: ")[1].split("; ")[0]) == Counter(r[1] for r in rows)
+    recorded = {}  # trial -> (the best_eval_loss its pipeline run recorded in MLflow, that run)
+    for row in rows:
+        if row[1] == "COMPLETE":
+            run = client.get_run(row[-1])
+            assert run.data.tags["dyrank.trial_number"] == row[0]
+            assert row[2] == f"{run.data.metrics['best_eval_loss']:.4g}", row
+            recorded[int(row[0])] = (run.data.metrics["best_eval_loss"], row[-1])
+        elif row[1] == "PRUNED":  # Optuna's value for a pruned trial: the last value it reported to the pruner
+            reported = trials[int(row[0])].intermediate_values
+            assert row[2] == f"{reported[max(reported)]:.4g}", row
+        else:
+            assert row[2] == "", row  # a failed or still running trial has no value
+    best = min(recorded, key=lambda number: recorded[number][0])  # direction minimize
+    assert page.headings == ["Study study-tiny", f"Best trial {best}: its pipeline"]
+    assert_pipeline_section_is_the_mlflow_record(page, page.tables[1], client, recorded[best][1])
     pngs = sorted(p.name for p in (tiny_study.folder / "reports" / "study-tiny").rglob("*.png"))
     assert pngs == sorted(["optimization_history.png", "param_importances.png", "intermediate_values.png",
                            "rank_vs_metric.png", "cost.png", "training.png"])
@@ -50,7 +75,9 @@ def test_pipeline_report_by_run_id(tiny_study, tmp_path, capsys):
     [html_path] = tmp_path.glob("*.html")
     plots, images, dom = _rendered(html_path)
     assert plots == 3 and images == 3  # rank curves with baselines, cost per method, training curves
-    assert f"MLflow run {run_id}" in dom and "device-seconds" in dom
+    page = read_report(html_path)
+    assert len(page.tables) == 1 and page.headings == ["Pipeline"]
+    assert_pipeline_section_is_the_mlflow_record(page, page.tables[0], MlflowClient(tiny_study.tracking_uri), run_id)
 
 
 def test_unknown_target_is_one_line(tiny_study, tmp_path, capsys):
@@ -67,7 +94,8 @@ def test_multi_objective_study_report_draws_the_pareto_front(tmp_path):
     study = optuna.create_study(study_name="pareto", storage=storage, directions=["minimize", "minimize"])
     study.set_user_attr("objective_metrics", ["best_eval_loss", "device_seconds"])
     lr = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
-    for i, (loss, seconds) in enumerate([(5.4, 9.0), (5.5, 4.0), (5.6, 3.0), (5.7, 8.0), (5.45, 5.0)]):
+    points = [(5.4, 9.0), (5.5, 4.0), (5.6, 3.0), (5.7, 8.0), (5.45, 5.0)]
+    for i, (loss, seconds) in enumerate(points):
         study.add_trial(optuna.create_trial(params={"training.lr": 1e-4 * (i + 1)}, distributions={"training.lr": lr},
                                             values=[loss, seconds]))
     report = write_report("pareto", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", storage=storage, out_dir=tmp_path / "reports")
@@ -76,3 +104,14 @@ def test_multi_objective_study_report_draws_the_pareto_front(tmp_path):
     plots, images, dom = _rendered(report.html)
     assert plots == 4 and images == 4
     assert "pruners do not support multi-objective studies" in dom
+    page = read_report(report.html)
+    header, *rows = page.tables[0]
+    assert header == ["trial", "state", "best_eval_loss", "device_seconds", "training.lr", "pipeline run"]
+    assert [(int(r[0]), float(r[2]), float(r[3])) for r in rows] == [(i, *p) for i, p in enumerate(points)]
+    # the front drawn is the trials no other trial beats on both objectives, found here: all but (5.7, 8.0)
+    front = {p for p in points if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in points)}
+    assert front == set(points) - {(5.7, 8.0)}
+    # optuna names its two point sets in the hover label only: "<extra>Best Trial</extra>" and "<extra>Trial</extra>"
+    drawn = {re.search(r"<extra>(.*)</extra>", t["hovertemplate"]).group(1): set(zip(t["x"], t["y"]))
+             for t in page.figures[0][0] if t.get("x")}
+    assert drawn == {"Best Trial": front, "Trial": {(5.7, 8.0)}}, drawn

@@ -25,6 +25,11 @@ def _get(url: str) -> bytes:
     return urllib.request.urlopen(url, timeout=10).read()
 
 
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(request, timeout=10).read())
+
+
 def test_ui_serves_mlflow_and_optuna_and_stops_on_ctrl_c(tiny_study):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     ui = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri", tiny_study.tracking_uri,
@@ -51,8 +56,23 @@ def test_ui_serves_mlflow_and_optuna_and_stops_on_ctrl_c(tiny_study):
         assert "Run Name" in text and f"{len(runs)} matching runs" in text, text[:3000]
         assert re.search(r"Run Name .*study-tiny", text)
 
+        # The MLflow server reads the study's store: the same runs MlflowClient finds there, by id.
+        served = _post(f"{mlflow_url}/api/2.0/mlflow/runs/search",
+                       {"experiment_ids": [experiment.experiment_id], "max_results": 1000})["runs"]
+        assert sorted(r["info"]["run_id"] for r in served) == sorted(r.info.run_id for r in runs)
+
         studies = json.loads(_get(f"{optuna_url}/api/studies"))["study_summaries"]
         assert [s["study_name"] for s in studies] == ["study-tiny"]
+        # optuna-dashboard reads the study's storage: each finished trial's value is the best_eval_loss its pipeline
+        # run recorded in MLflow, and its best trial is the lowest of those.
+        detail = json.loads(_get(f"{optuna_url}/api/studies/{studies[0]['study_id']}"))
+        recorded = {}
+        for trial in detail["trials"]:
+            if trial["state"] == "Complete":
+                run_id = next(a["value"] for a in trial["user_attrs"] if a["key"] == "mlflow_run_id")
+                recorded[trial["number"]] = client.get_run(run_id).data.metrics["best_eval_loss"]
+                assert trial["values"] == [pytest.approx(recorded[trial["number"]])], trial["number"]
+        assert recorded and [t["number"] for t in detail["best_trials"]] == [min(recorded, key=recorded.get)]
     finally:
         os.kill(ui.pid, signal.SIGINT)
         out, _ = ui.communicate(timeout=60)

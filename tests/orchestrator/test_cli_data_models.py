@@ -67,13 +67,16 @@ def test_data_build_fetches_the_pinned_source_and_writes_the_splits(home, countr
     assert len(download.calls) == 1 and (out / "train.jsonl").stat().st_mtime_ns == stamp
 
 
-def test_data_build_refuses_an_archive_that_is_not_the_pinned_one(home, countryinfo_wheel, tmp_path, capsys,
-                                                                  monkeypatch):
-    pinned, _ = countryinfo_wheel
-    monkeypatch.setitem(sources.SOURCES, "countryinfo", dataclasses.replace(pinned, sha256="0" * 64))
+def test_data_build_refuses_an_archive_one_byte_off_its_pin(home, countryinfo_wheel, tmp_path, capsys):
+    pinned, download = countryinfo_wheel
+    data = bytearray(download.wheel.read_bytes())
+    data[len(data) // 2] ^= 0x01  # the pin stays the intact wheel's digest
+    download.wheel.write_bytes(bytes(data))
     assert main(["data", "build", "countries", "--out", str(tmp_path / "countries")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "sha256 mismatch" in err
+    assert len(err.splitlines()) == 1
+    assert "sha256 mismatch for countryinfo-1.0.1-py3-none-any.whl (from countryinfo==1.0.1)" in err
+    assert f"expected {pinned.sha256}, got {hashlib.sha256(data).hexdigest()}" in err
     assert not (tmp_path / "countries" / "manifest.json").exists()
 
 

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from tests.conftest import FIXTURES
+from tests.dashboards.report_page import assert_pipeline_section_is_the_mlflow_record, read_report
 
 STORE = FIXTURES / "store-a83f95e"
 RECORDED_AT = "/tmp/oldstore"  # where the fixture's artifacts lived when it was recorded
@@ -40,8 +41,8 @@ def test_report_of_an_old_pipeline(old_store, tmp_path, capsys):
     uri, parent = old_store
     assert main(["report", parent, "--tracking-uri", uri, "--out", str(tmp_path / "reports")]) == 0
     [html] = (tmp_path / "reports").glob("*.html")
-    page = html.read_text()
-    assert parent in page and "selected rank 8" in page
+    page = read_report(html)
+    assert_pipeline_section_is_the_mlflow_record(page, page.tables[0], MlflowClient(uri), parent)
 
 
 def test_export_from_an_old_pipeline(old_store, tmp_path):

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from dashboards.summary import write_pipeline_outputs
 from evaluators.metrics import evaluate
 from orchestrator.pipeline import run_pipeline
-from tests.conftest import FIXTURES, tiny_config
+from tests.conftest import FIXTURES, temp_tracking_store, tiny_config
 from tests.support.evaluator_faults import KILL_RANK_ENV, SCORE_LOG_ENV, score_log
 from tests.support.mlflow_record import record_of
 from trainers.batching import encode_all
@@ -48,27 +48,19 @@ def assert_every_rank_once(runs, parent_id, ranks):
 
 
 @pytest.fixture
-def tracking(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    yield uri
-    ray.shutdown()
+def tracking(tmp_path):
+    with temp_tracking_store(tmp_path) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """One tiny pipeline for the read-back tests: ranks 1..8, QLoRA baselines at 2 and 8."""
-    folder = tmp_path_factory.mktemp("pipeline")
-    uri = f"sqlite:///{folder}/mlflow.db"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
     events = []
-    try:
+    with temp_tracking_store(tmp_path_factory.mktemp("pipeline")) as uri:
         cfg = tiny_config()
         result = run_pipeline(cfg, on_event=lambda kind, payload: events.append((kind, payload)),
                               write_outputs=write_pipeline_outputs)
-    finally:
-        ray.shutdown()
-        del os.environ["MLFLOW_TRACKING_URI"]
     return cfg, uri, result, events, all_runs(uri, result.parent_run_id)
 
 

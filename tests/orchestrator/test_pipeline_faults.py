@@ -19,7 +19,7 @@ from orchestrator.cache import FINISHED_MARKER
 from orchestrator.cli import main
 from orchestrator.pipeline import Pipeline, run_pipeline
 from orchestrator.tags import EVALUATOR_BASE_LOADS_TAG, FAILURE_TAG
-from tests.conftest import REPO, TINY_YAML, tiny_config
+from tests.conftest import REPO, TINY_YAML, temp_tracking_store, tiny_config
 from tests.orchestrator.test_pipeline import all_runs, assert_every_rank_once, children
 from trainers.paths import cache_dir
 
@@ -28,11 +28,9 @@ SMALL = ["--set", "baselines.ranks=[]", "--set", "evaluation.ranks=[1,4,8]", "--
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    yield uri
-    ray.shutdown()
+def store(tmp_path):
+    with temp_tracking_store(tmp_path) as uri:
+        yield uri
 
 
 def test_an_evaluator_dead_for_good_leaves_zeroshot_test_and_stats_to_a_live_one(store, monkeypatch):

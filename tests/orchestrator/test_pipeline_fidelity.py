@@ -5,21 +5,18 @@ artifacts; the summary and the report show it; smallest-not-worse records its in
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 
 from dashboards.report import pipeline_report
 from dashboards.summary import write_pipeline_outputs
-from evaluators.fidelity import rows_from
-from evaluators.selection import select_rank
 from orchestrator.pipeline import run_pipeline
 from orchestrator.tracking import MlflowTracker
-from tests.conftest import tiny_config
+from tests.conftest import temp_tracking_store, tiny_config
+from tests.dashboards.report_page import read_report
 from tests.orchestrator.test_pipeline import all_runs, children
 
 pytestmark = pytest.mark.slow
@@ -29,17 +26,12 @@ GRID = [2, 4]
 @pytest.fixture(scope="module")
 def fidelity_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fidelity")
-    uri = f"sqlite:///{folder}/mlflow.db"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
+    with temp_tracking_store(folder) as uri:
         cfg = tiny_config("training.max_steps=6", "adapter.r_max=4", "evaluation.max_samples=24",
                           "evaluation.bootstrap_samples=200", f"baselines.ranks={GRID}",
                           "baselines.methods=[{method: qlora-svd, r_max: 4}]", "selection.policy=smallest-not-worse",
                           "selection.margin=0.02", "training.eval_every=3", "training.eval_samples=8")
         result = run_pipeline(cfg, write_outputs=write_pipeline_outputs)
-    finally:
-        ray.shutdown()
-        del os.environ["MLFLOW_TRACKING_URI"]
     return cfg, uri, result, folder
 
 
@@ -51,6 +43,25 @@ def per_example(client, run, split, folder, rank=None):
 
 def loss(cols):
     return cols["loss_sum"].sum() / cols["tokens"].sum()
+
+
+def smallest_not_worse_by_hand(per_rank, margin, confidence, samples, seed):
+    """The policy as selection.smallest-not-worse describes it, computed here with numpy alone: the best rank
+    by token-weighted loss (ties to the smaller), then the smallest rank whose paired bootstrap (the same
+    resampled examples for both ranks, numpy's default_rng(seed)) puts the `confidence` quantile of
+    loss(rank) - loss(best) within margin * loss(best). Returns (rank, best rank, that quantile)."""
+    losses = {r: loss(cols) for r, cols in per_rank.items()}
+    best = min(losses, key=lambda r: (losses[r], r))
+    n = len(per_rank[best]["tokens"])
+    idx = np.random.default_rng(seed).integers(0, n, size=(samples, n))
+
+    def resampled(cols):
+        return cols["loss_sum"][idx].sum(axis=1) / cols["tokens"][idx].sum(axis=1)
+
+    for r in sorted(per_rank):
+        upper = np.quantile(resampled(per_rank[r]) - resampled(per_rank[best]), confidence)
+        if r == best or upper <= margin * losses[best]:
+            return r, best, upper
 
 
 def test_fidelity_block_equals_a_hand_computation_from_the_recorded_per_example_losses(fidelity_run, tmp_path):
@@ -73,13 +84,17 @@ def test_fidelity_block_equals_a_hand_computation_from_the_recorded_per_example_
 
     def pick(per_rank):
         s = cfg.selection
-        return select_rank(rows_from(per_rank), policy=s.policy, per_example=per_rank, margin=s.margin,
-                           confidence=s.confidence, samples=200, seed=cfg.training.seed)["rank"]
+        return smallest_not_worse_by_hand(per_rank, s.margin, s.confidence, cfg.evaluation.bootstrap_samples,
+                                          cfg.training.seed)
 
     m = parent.data.metrics
-    grid_pick, dy_pick = pick(q_val), pick(dy_val)
+    (grid_pick, _, _), (dy_pick, dy_best, dy_upper) = pick(q_val), pick(dy_val)
     assert (m["fidelity_qdylora_grid_selected_rank"], m["fidelity_qdylora_selected_rank"]) == (grid_pick, dy_pick)
-    assert dy_pick == result.selected_rank
+    assert dy_pick == result.selected_rank == parent.data.metrics["best_rank"]
+    # the evidence recorded for the choice is the hand computation's
+    assert m["selection_not_worse_reference_rank"] == dy_best
+    assert m["selection_not_worse_margin"] == pytest.approx(cfg.selection.margin * loss(dy_val[dy_best]), rel=1e-6)
+    assert m["selection_not_worse_upper"] == pytest.approx(dy_upper, rel=1e-6, abs=1e-9)
     assert m["fidelity_qdylora_regret"] == pytest.approx(loss(dy_test[dy_pick]) - loss(q_test[grid_pick]), rel=1e-9)
     for r in GRID:
         assert m[f"fidelity_qdylora_delta_r{r}"] == pytest.approx(loss(dy_test[r]) - loss(q_test[r]), rel=1e-9)
@@ -97,7 +112,7 @@ def test_fidelity_block_equals_a_hand_computation_from_the_recorded_per_example_
     assert abs(m["fidelity_qlora_svd_delta_r4"]) < 1e-4  # at r_max it is the QLoRA r_max adapter itself
     # qlora-svd is swept on validation at every rank, on test only at the grid and its selected rank (like QDyLoRA)
     svd_val = {r: per_example(client, svd, "validation", tmp_path, r) for r in range(1, 5)}
-    svd_pick = pick(svd_val)
+    svd_pick = pick(svd_val)[0]
     assert m["fidelity_qlora_svd_selected_rank"] == svd_pick
     files = {Path(f.path).name for f in client.list_artifacts(svd.info.run_id, "per_example")}
     assert {f for f in files if f.startswith("test_r")} == {f"test_r{r}.npy" for r in {*GRID, svd_pick}}
@@ -123,10 +138,32 @@ def test_training_probes_are_mlflow_series_of_the_training_run(fidelity_run):
 
 
 def test_summary_and_report_show_the_fidelity_block(fidelity_run, tmp_path):
+    """The report's fidelity tables and the smallest-not-worse note show the metrics recorded on the parent run
+    (the report reads fidelity/fidelity.json; the metrics are logged apart from it)."""
     _, uri, result, _ = fidelity_run
     assert "Fidelity against the QLoRA search on G = [2, 4]" in result.table
     assert "QLoRA-SVD" in result.table and "one-sided bound" in result.table
-    report = pipeline_report(MlflowTracker(uri), result.parent_run_id, tmp_path / "report")
-    page = report.html.read_text()
-    assert "Fidelity: does the one run pick the rank the QLoRA search would?" in page
-    assert "smallest-not-worse: rank" in page
+    m = MlflowClient(uri).get_run(result.parent_run_id).data.metrics
+    page = read_report(pipeline_report(MlflowTracker(uri), result.parent_run_id, tmp_path / "report").html)
+    assert "Fidelity: does the one run pick the rank the QLoRA search would?" in page.headings
+
+    def interval(name):
+        return f"{m[name]:+.4f} [{m[name + '_low']:+.4f}, {m[name + '_high']:+.4f}]"
+
+    [summary] = [t for t in page.tables if t[0][0] == "method" and "regret [95%]" in t[0]]
+    rows = {row[0]: dict(zip(summary[0], row)) for row in summary[1:]}
+    assert list(rows) == ["QDyLoRA", "QLoRA-SVD"]
+    dy = rows["QDyLoRA"]
+    assert (int(dy["selected"]), int(dy["QLoRA search"])) == (m["fidelity_qdylora_selected_rank"],
+                                                              m["fidelity_qdylora_grid_selected_rank"])
+    assert dy["regret [95%]"] == interval("fidelity_qdylora_regret")
+    assert dy["spearman on G"] == f"{m['fidelity_qdylora_spearman_on_grid']:.3f}"
+    assert dy["cost ratio"] == f"{m['fidelity_qdylora_cost_ratio']:.3f}"
+    [deltas] = [t for t in page.tables if t[0] == ["method", "rank", "method - QLoRA on test [95%]"]]
+    assert deltas[1:] == [[name, str(r), interval(f"fidelity_{key}_delta_r{r}")]
+                          for name, key in (("QDyLoRA", "qdylora"), ("QLoRA-SVD", "qlora_svd")) for r in GRID]
+    [note] = [n for n in page.notes if n.startswith("smallest-not-worse:")]
+    assert note == (f"smallest-not-worse: rank {result.selected_rank} minus best rank "
+                    f"{int(m['selection_not_worse_reference_rank'])} on validation {m['selection_not_worse_diff']:+.4f} "
+                    f"[{m['selection_not_worse_low']:+.4f}, {m['selection_not_worse_high']:+.4f}], one-sided bound "
+                    f"{m['selection_not_worse_upper']:+.4f} <= margin {m['selection_not_worse_margin']:.4f}")

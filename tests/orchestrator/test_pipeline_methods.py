@@ -4,16 +4,15 @@ by the evaluators' code, recorded with the same params and cost metrics, side by
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config import load_config
 from dashboards.summary import write_pipeline_outputs
 from orchestrator.pipeline import run_pipeline
+from tests.conftest import temp_tracking_store
 from tests.orchestrator.test_pipeline import all_runs, children
 
 pytestmark = pytest.mark.slow
@@ -24,16 +23,11 @@ COSTS = {"trainable_params", "adapter_bytes", "peak_memory_bytes", "device_secon
 @pytest.fixture(scope="module")
 def methods_pipeline(tmp_path_factory):
     folder = tmp_path_factory.mktemp("methods")
-    uri = f"sqlite:///{folder}/mlflow.db"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
+    with temp_tracking_store(folder) as uri:
         # Half the example's 20 steps: enough for AdaLoRA to reach its budget (tinit 2, tfinal 4) and GaLore to
         # refresh its projection (every 5); what is checked is recording and costs, not how far the loss falls.
         cfg = load_config(METHODS_YAML, ["training.max_steps=10"])
         result = run_pipeline(cfg, write_outputs=write_pipeline_outputs)
-    finally:
-        ray.shutdown()
-        del os.environ["MLFLOW_TRACKING_URI"]
     return cfg, uri, result, all_runs(uri, result.parent_run_id)
 
 
@@ -70,7 +64,24 @@ def test_adalora_run_keeps_its_final_rank_allocation(methods_pipeline, tmp_path)
 
 
 def test_report_shows_the_methods_side_by_side(methods_pipeline):
-    _, _, result, _ = methods_pipeline
-    for method in ("qdylora", "qlora", "lora", "dylora", "adalora", "bitlora", "galore", "galore8bit"):
-        assert f" {method} " in result.table, method
-    assert "trainable" in result.table and "peak MiB" in result.table
+    """The summary's baseline rows and cost rows show each job's recorded MLflow metrics, every method once."""
+    _, _, result, runs = methods_pipeline
+    baselines = children(runs, result.parent_run_id, "baseline")
+    [train] = children(runs, result.parent_run_id, "train")
+    ranks, costs = result.table.split("\n\n")[:2]
+    lines = ranks.splitlines()
+    separators = [i for i, line in enumerate(lines) if set(line) == {"-"}]
+    shown = [line.split() for line in lines[separators[1] + 1:-1]]  # the baselines' rows, below the swept ranks
+    shown = [(row[0], int(row[1]), row[2]) for row in shown]
+    assert [(m, r) for m, r, _ in shown] == sorted((m, r) for m, r, _ in shown)  # by method, then rank
+    assert sorted(shown) == sorted((r.data.params["method"], int(r.data.params["rank"]), f"{r.data.metrics['eval_loss']:.4f}")
+                                   for r in baselines)
+
+    header, _, *rows = costs.splitlines()
+    assert header.split()[:3] == ["method", "rank", "trainable"]
+    jobs = [train, *baselines]
+    want = sorted((r.data.params["method"], r.data.params["rank"], str(int(r.data.metrics["trainable_params"])),
+                   f"{r.data.metrics['adapter_bytes'] / 1024:.1f}", f"{r.data.metrics['step_seconds']:.3f}") for r in jobs)
+    assert sorted((row[0], row[1], row[2], row[3], row[5]) for row in map(str.split, rows)) == want
+    assert {row.split()[0] for row in rows} == {"qdylora", "qlora", "lora", "dylora", "adalora", "bitlora", "galore",
+                                                 "galore8bit"}

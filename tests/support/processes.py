@@ -35,7 +35,8 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-def _bindable(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether nothing listens on (or holds) this loopback port right now."""
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", port))
@@ -60,7 +61,7 @@ def free_ports(n: int) -> list[int]:
         except OSError:
             os.close(fd)
             continue
-        if not _bindable(port):  # held by something outside the tests
+        if not port_free(port):  # held by something outside the tests
             os.close(fd)
             continue
         _held[port] = fd

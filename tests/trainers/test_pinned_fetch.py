@@ -24,11 +24,12 @@ def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
 """
 
 
-def _sdist_that_runs_code(folder, marker):
-    """evil-1.0.tar.gz: an in-tree build backend (no build dependencies) that leaves `marker` when imported."""
+def _sdist_that_runs_code(folder, marker, payload="pathlib.Path({marker!r}).write_text('ran')"):
+    """evil-1.0.tar.gz: an in-tree build backend (no build dependencies) that runs `payload` (by default: leaves
+    `marker`) when imported; returns the archive's sha256."""
     files = {
         "evil-1.0/pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
-        "evil-1.0/backend.py": f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n" + BACKEND_HOOKS,
+        "evil-1.0/backend.py": "import pathlib\n" + payload.format(marker=str(marker)) + "\n" + BACKEND_HOOKS,
         "evil-1.0/PKG-INFO": "Metadata-Version: 2.1\nName: evil\nVersion: 1.0\n",
     }
     archive = folder / "evil-1.0.tar.gz"
@@ -53,10 +54,15 @@ def index(tmp_path, monkeypatch):
 
 
 def test_a_tampered_sdist_is_refused_before_its_build_code_runs(tmp_path, index):
+    """The pin is a clean evil-1.0.tar.gz's digest; the index serves one whose backend differs (it leaves a marker)."""
     _, marker = index
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    pinned = _sdist_that_runs_code(clean, marker, payload="pass  # {marker}")
     (tmp_path / "d").mkdir()
-    with pytest.raises(ValueError, match="evil==1.0 failed"):
-        pypi.pip_download("evil==1.0", tmp_path / "d", wheel_only=False, sha256="0" * 64)
+    with pytest.raises(ValueError, match="evil==1.0 failed") as info:
+        pypi.pip_download("evil==1.0", tmp_path / "d", wheel_only=False, sha256=pinned)
+    assert len(str(info.value).splitlines()) <= 6 and pinned in str(info.value)  # pip's hash report, its last lines
     assert not marker.exists(), "the archive's build backend ran before its hash was checked"
     assert not any((tmp_path / "d").iterdir())
 

@@ -23,11 +23,13 @@ def _home(tmp_path, monkeypatch):
     monkeypatch.setenv("DYRANK_HOME", str(tmp_path / "home"))
 
 
-def make_wheel(path: Path) -> Path:
+def make_wheel(path: Path, extra: dict[str, str] | None = None) -> Path:
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("fakepkg/__init__.py", "raise RuntimeError('never imported')\n")
         zf.writestr("fakepkg/data/a.json", '{"name": "A"}')
         zf.writestr("fakepkg/data/b.json", '{"name": "B"}')
+        for name, text in (extra or {}).items():
+            zf.writestr(name, text)
         zf.writestr("fakepkg-1.0.dist-info/RECORD", "")
     return path
 
@@ -73,13 +75,33 @@ def test_sdist_tarball(tmp_path):
     assert not (data.parents[2] / "setup.py").exists()
 
 
-def test_checksum_mismatch_leaves_nothing(tmp_path):
-    pip = FakePip(make_wheel(tmp_path / "fakepkg-1.0-py3-none-any.whl"))
-    spec = spec_for(pip.archive, "fakepkg/data", sha256="0" * 64)
-    with pytest.raises(SourceFetchError, match="sha256 mismatch"):
-        fetch_source(spec, progress=lambda _: None, downloader=pip)
+def test_an_archive_one_byte_off_its_pin_is_one_line_naming_it_and_leaves_nothing(tmp_path):
+    archive = make_wheel(tmp_path / "fakepkg-1.0-py3-none-any.whl")
+    spec = spec_for(archive, "fakepkg/data")  # pinned to the archive's real digest...
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0x01  # ...which then differs by one byte
+    archive.write_bytes(bytes(data))
+    with pytest.raises(SourceFetchError) as info:
+        fetch_source(spec, progress=lambda _: None, downloader=FakePip(archive))
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith("sha256 mismatch for fakepkg-1.0-py3-none-any.whl (from fakepkg==1.0)")
+    assert f"expected {spec.sha256}, got {hashlib.sha256(data).hexdigest()}" in message
     root = tmp_path / "home" / "sources" / "fakepkg-1.0"
     assert [p.name for p in root.iterdir()] == []
+
+
+def test_a_new_pin_fetches_again_and_checks_the_new_archive(tmp_path):
+    """The cache remembers which archive it was unpacked from: a release pinned anew is not served the old folder."""
+    old = FakePip(make_wheel(tmp_path / "fakepkg-1.0-py3-none-any.whl"))
+    data = fetch_source(spec_for(old.archive, "fakepkg/data"), progress=lambda _: None, downloader=old)
+    new_dir = tmp_path / "new"
+    new_dir.mkdir()
+    new = FakePip(make_wheel(new_dir / "fakepkg-1.0-py3-none-any.whl", extra={"fakepkg/data/c.json": '{"name": "C"}'}))
+    assert fetch_source(spec_for(new.archive, "fakepkg/data"), progress=lambda _: None, downloader=new) == data
+    assert new.calls == ["fakepkg==1.0"] and sorted(p.name for p in data.iterdir()) == ["a.json", "b.json", "c.json"]
+    with pytest.raises(SourceFetchError, match="sha256 mismatch"):  # back to the old pin: the new archive fails it
+        fetch_source(spec_for(old.archive, "fakepkg/data"), progress=lambda _: None, downloader=new)
 
 
 def test_missing_data_folder(tmp_path):
