@@ -121,6 +121,7 @@ class Trainer(_Worker):
         sweep_ranks: a rank-dynamic baseline (qlora-svd) is also scored at these ranks on every split of
         evaluate_on. svd_sweep: this QLoRA run is also a qlora-svd baseline's training (no second run): its
         adapter is SVD-ordered and scored at these ranks, the reply's `derived`."""
+        began = time.time()  # importing the training stack (seconds: transformers, peft) is work on the reservation
         from trainers.finetune import ARTIFACTS_FILE, METRICS_FILE, train
 
         started = time.time()
@@ -153,7 +154,7 @@ class Trainer(_Worker):
         if svd_sweep is not None:
             reply.derived = self._svd_of(result.adapter_dir, Path(out_dir) / "svd", evaluate_on, svd_sweep, reply)
         _free_accelerator_memory(collect=True)
-        self.busy_seconds += time.time() - started
+        self.busy_seconds += time.time() - began
         return reply
 
     def _svd_of(self, adapter_dir: Path, out_dir: Path, evaluate_on: tuple[str, ...], sweep: tuple[int, ...],
