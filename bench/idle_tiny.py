@@ -31,8 +31,8 @@ SETTINGS = {  # setting -> (logical GPUs declared, config overrides)
 }
 
 
-def one_run(setting: str, overrides: list[str], store: Path) -> dict:
-    """The tiny pipeline once, on this process's checkout (sys.path[0]); its parent run's reservation metrics."""
+def one_run(code: Path, setting: str, overrides: list[str], store: Path) -> dict:
+    """The tiny pipeline once, on the checkout `code` (first on sys.path); its parent run's reservation metrics."""
     import ray
 
     from orchestrator.config import load_config
@@ -43,7 +43,7 @@ def one_run(setting: str, overrides: list[str], store: Path) -> dict:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
     ray.init(address="local", num_cpus=2, num_gpus=gpus, include_dashboard=False)
     try:
-        result = run_pipeline(load_config(Path(sys.path[0]) / "examples" / "tiny.yaml", [*extra, *overrides]))
+        result = run_pipeline(load_config(code / "examples" / "tiny.yaml", [*extra, *overrides]))
     finally:
         ray.shutdown()
     metrics = MlflowTracker(os.environ["MLFLOW_TRACKING_URI"]).run(result.parent_run_id).data.metrics
@@ -83,7 +83,7 @@ def main() -> None:
     if args.child:  # one pipeline, in the process in_child started
         sys.path.insert(0, args.code)
         with tempfile.TemporaryDirectory() as tmp:
-            write_result(one_run(args.child, overrides, Path(tmp) / "mlflow.db"), args.out)
+            write_result(one_run(Path(args.code), args.child, overrides, Path(tmp) / "mlflow.db"), args.out)
         return
     args = parse(arguments)
     overrides = SMOKE_PIPELINE if args.smoke else []
