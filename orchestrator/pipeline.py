@@ -142,8 +142,9 @@ class Pipeline(SweepStage, FidelityStage):
     def _finish_baseline(self, key: JobKey) -> None:
         """Record a finished baseline job and give its trainer's resources back."""
         actor, ref = self.baseline_jobs.pop(key)
-        self.record_baseline(key.id, self._get(ref, "baseline", self.baselines[key.id].rank))
-        self._release(actor)
+        reply = self._get(ref, "baseline", self.baselines[key.id].rank)
+        self._release(actor)  # its reservation ends with its work, not once the driver has recorded it
+        self.record_baseline(key.id, reply)
 
     def finish_baselines(self, until=None) -> None:
         """Record baseline jobs as they finish, each trainer released at once (none idles on its reservation
