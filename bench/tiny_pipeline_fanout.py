@@ -36,7 +36,8 @@ def one_run(evaluators: int, store: Path, overrides: list[str]) -> dict:
     parent = tracker.run(result.parent_run_id).data.metrics
     compute = sum(r.data.metrics["seconds"] for r in runs)  # time inside evaluate_rank, summed over ranks
     return {"evaluators": evaluators, "sweep_s": sweep, "eval_compute_s": compute,
-            "pipeline_s": parent["pipeline_wall_seconds"], "ranks": len(runs)}
+            "pipeline_s": parent["pipeline_wall_seconds"], "ranks": len(runs),
+            "idle_share": parent["idle_share"]}  # of the device-seconds its actors reserved (issue 16)
 
 
 def main() -> None:

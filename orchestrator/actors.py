@@ -25,7 +25,7 @@ from trainers.config import JobConfig
 
 def _threads(wanted: int | None, num_cpus: float) -> int:
     """Torch threads for one task: what the driver gives the task (the cores its phase leaves free, see
-    Pipeline.threads_for), never fewer than the whole CPUs the actor reserved, never more than this node has."""
+    Pipeline.share_cores), never fewer than the whole CPUs the actor reserved, never more than this node has."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(cores, max(int(num_cpus), wanted or 0)))
 
@@ -91,6 +91,7 @@ class _Worker:
         self.placed_at = time.time()
         self.busy_seconds = 0.0
         self.num_cpus = num_cpus
+        self.thread_target: int | None = None  # set by the driver while a task runs (set_threads)
         self.threads = self._use_threads(None)
         self.cfg = job
 
@@ -99,11 +100,16 @@ class _Worker:
         torch.set_num_threads(self.threads)
         return self.threads
 
+    def set_threads(self, threads: int) -> None:
+        """The driver's new share of cores for this actor (other jobs finished, or started): a running training
+        applies it between two steps, in its own thread (torch's thread count is per calling thread)."""
+        self.thread_target = threads
+
     def usage(self) -> ActorUsage:
         return ActorUsage(_placement().actor_id, self.placed_at, time.time(), self.busy_seconds, self.threads)
 
 
-@ray.remote
+@ray.remote(max_concurrency=2)  # a second slot, so set_threads reaches the actor while train() runs
 class Trainer(_Worker):
     """Trains one job (the QDyLoRA run or one QLoRA baseline) into out_dir, resuming from its checkpoints,
     so a restarted actor picks up where the dead one stopped."""
@@ -117,12 +123,26 @@ class Trainer(_Worker):
         evaluate_on. svd_sweep: this QLoRA run is also a qlora-svd baseline's training (no second run): its
         adapter is SVD-ordered and scored at these ranks, the reply's `derived`. test_ranks(validation values by
         rank) -> the swept ranks also scored on test (default: all of them)."""
+        began = time.time()  # importing the training stack (seconds: transformers, peft) is work on the reservation
         from trainers.finetune import ARTIFACTS_FILE, METRICS_FILE, train
 
         started = time.time()
-        self._use_threads(threads)
-        result = train(self.cfg, out_dir, on_step=_step_hook(step_sink), progress=False)
+        self._use_threads(self.thread_target or threads)  # a target sent before this task began is the newer word
+        ran_with: dict[int, int] = {}  # step -> the torch threads it ran with
+        sink = _step_hook(step_sink)
+
+        def on_step(row: dict) -> None:
+            ran_with[row["step"]] = torch.get_num_threads()  # as torch sees it, in the thread that trains
+            if sink is not None:
+                sink(row)
+            if self.thread_target and self.thread_target != self.threads:  # cores freed (or taken) meanwhile
+                self._use_threads(self.thread_target)
+
+        result = train(self.cfg, out_dir, on_step=on_step, progress=False)
         rows = read_jsonl_log(Path(out_dir) / METRICS_FILE)  # a torn last line (a kill mid-write) is dropped, not fatal
+        for row in rows:  # steps before a resume ran in another process: their threads are unknown
+            if row.get("step") in ran_with:
+                row["torch_threads"] = ran_with[row["step"]]
         artifacts = Path(out_dir) / ARTIFACTS_FILE
         reply = TrainingReply(
             placement=_placement(), start=started, end=time.time(), steps=result.steps, final_loss=result.final_loss,
@@ -137,7 +157,7 @@ class Trainer(_Worker):
             reply.derived = self._svd_of(result.adapter_dir, Path(out_dir) / "svd", evaluate_on, svd_sweep, reply,
                                          test_ranks)
         _free_accelerator_memory(collect=True)
-        self.busy_seconds += time.time() - started
+        self.busy_seconds += time.time() - began
         return reply
 
     def _svd_of(self, adapter_dir: Path, out_dir: Path, evaluate_on: tuple[str, ...], sweep: tuple[int, ...],

@@ -3,9 +3,10 @@
 Stages, in the order `Pipeline.run` calls them:
   1. trainers   one Ray actor per training job (QDyLoRA + each baseline job: QLoRA ranks and
                 baselines.methods), launched together; a baseline scores itself once, at its rank
-  2. evaluators a pool that loads the base while training runs and scores the base model (zero-shot)
-  3. sweep      the QDyLoRA adapter fans out: every rank scored on validation, results streamed back
-                (orchestrator/sweep_stage.py: groups of ranks queued on each evaluator)
+  2. evaluators a pool reserved once the adapter exists (not while training runs: see Pipeline.run)
+  3. sweep      the base model (zero-shot) and every rank of the QDyLoRA adapter scored on validation, results
+                streamed back (orchestrator/sweep_stage.py: groups of ranks queued on each evaluator; an
+                evaluator is released the moment no work is left for it)
   4. select     the policy picks a rank on validation; the selected rank is scored on test
   5. fidelity   with 2+ QLoRA ranks the sweep covers, each one-run method against that grid (fidelity_stage.py)
   6. summarize  parent metrics; the result's rows go back to the caller (the CLI draws table, CSV and plot)
@@ -16,7 +17,6 @@ pipeline (`dyrank resume`) finds finished work as finished runs and never record
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -26,15 +26,15 @@ from typing import Callable
 
 import ray
 import yaml
-from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 
 from orchestrator import ray_runtime, tags
-from orchestrator.actors import RankEvaluator, Trainer, actor_options, read_adapter_files, write_adapter_files
+from orchestrator.actors import Trainer, actor_options, read_adapter_files, write_adapter_files
 from orchestrator.buffered_tracking import BufferedTracker
 from orchestrator.cache import mark_finished
 from orchestrator.config import Config, parse_config
 from orchestrator.errors import PipelineError
-from orchestrator.fidelity_stage import FidelityStage
+from orchestrator.fidelity_stage import FidelityStage, fidelity_grid
 from orchestrator.messages import EvalResult, JobKey, TrainingReply
 from orchestrator.mlflow_assets import dataset_inputs, publish_selected
 from orchestrator.provenance import provenance_tags
@@ -89,7 +89,10 @@ class Pipeline(SweepStage, FidelityStage):
         self.baselines = {job.name: job for job in cfg.baseline_jobs()}  # validated once, with the config
         self.records = RunRecords(tracker, tracker.run(parent_id).info.experiment_id, parent_id)
         self.actors: list = []
-        self.evaluators: list = []  # the live ones: an evaluator that died for good (restarts used up) leaves
+        self.evaluators: list = []  # the live ones: one that died for good (restarts used up) or was released leaves
+        self.base_loads: dict[str, int] = {}  # evaluator actor id -> times it loaded the base, read as it goes
+        self.trainer_threads: dict = {}  # trainer actor -> the torch threads it was last given (share_cores)
+        self.baseline_jobs: dict[JobKey, tuple] = {}  # baselines still training: key -> (actor, ref of its reply)
         self.reservations = Reservations()  # what each actor holds and uses: threads, idle device-seconds
         self.init_fidelity()  # per-example store; qlora-svd baselines made from a grid job's training
 
@@ -106,6 +109,7 @@ class Pipeline(SweepStage, FidelityStage):
             options = actor_options(self.cfg, "trainer")
             actor = Trainer.options(name=f"Trainer-{self.parent_id[:12]}-{folder}", **options).remote(job, options["num_cpus"])
             self.actors.append(actor)
+            self.trainer_threads[actor] = threads
             self.reservations.add(f"trainer_{folder}", actor, options)
             evaluate_on, sink = (("validation", "test"), None) if key.kind == "baseline" else ((), self.step_sink)
             if self.progress is not None:
@@ -116,18 +120,44 @@ class Pipeline(SweepStage, FidelityStage):
         return jobs
 
     def _release(self, actor) -> None:
-        """A finished trainer gives its CPUs/GPU back at once, so evaluators waiting for them can start."""
+        """A finished trainer (or an evaluator with no work left) gives its CPUs/GPU back at once, so actors
+        waiting for them can start and no reservation is held idle; its usage is read first."""
         self.reservations.read(self.reservations.label_of(actor))
         ray.kill(actor, no_restart=True)
         self.actors.remove(actor)
+        self.share_cores()
 
-    def _finish_baseline(self, key: JobKey, baseline_jobs: dict) -> None:
+    def share_cores(self) -> int:
+        """Threads follow cores: every live actor's job shares the cluster's CPUs. Trainers still running are
+        told their share at once (they apply it between two steps), so the last one training uses the cores
+        the finished ones left; evaluators get it with their next task. Returns the share."""
+        trainers = [a for a in self.trainer_threads if a in self.actors]  # those still training
+        threads = phase_threads(len(trainers) + len(self.evaluators))
+        for actor in trainers:
+            if self.trainer_threads[actor] != threads:
+                actor.set_threads.remote(threads)  # no reply awaited: a trainer that died has nothing to apply
+                self.trainer_threads[actor] = threads
+        return threads
+
+    def _finish_baseline(self, key: JobKey) -> None:
         """Record a finished baseline job and give its trainer's resources back."""
-        actor, ref = baseline_jobs.pop(key)
-        self.record_baseline(key.id, self._get(ref, "baseline", self.baselines[key.id].rank))
-        self._release(actor)
+        actor, ref = self.baseline_jobs.pop(key)
+        reply = self._get(ref, "baseline", self.baselines[key.id].rank)
+        self._release(actor)  # its reservation ends with its work, not once the driver has recorded it
+        self.record_baseline(key.id, reply)
 
-    def finish_training(self, job, baseline_jobs: dict) -> tuple[str, object]:
+    def finish_baselines(self, until=None) -> None:
+        """Record baseline jobs as they finish, each trainer released at once (none idles on its reservation
+        while the driver waits on something else): all of them, or (`until`: a task's ref) those that finish
+        before that task does."""
+        while self.baseline_jobs:
+            refs = [r for _, r in self.baseline_jobs.values()]
+            [first], _ = ray.wait([*([until] if until is not None else []), *refs], num_returns=1)
+            if first == until:
+                return
+            self._finish_baseline(next(k for k, (_, r) in self.baseline_jobs.items() if r == first))
+
+    def finish_training(self, job) -> tuple[str, object]:
         """Wait for the main training, record it, and put its adapter in the object store.
         The adapter is logged before the run is marked FINISHED, so a finished run always has one.
         Baselines that finish first are recorded and their GPUs freed meanwhile: with fewer cards than
@@ -136,11 +166,7 @@ class Pipeline(SweepStage, FidelityStage):
             files = read_adapter_files(self.tracker.download(self.parent_id, "adapter", self.workdir / "downloaded"))
         else:
             actor, ref = job
-            while baseline_jobs:
-                [first], _ = ray.wait([ref, *(r for _, r in baseline_jobs.values())], num_returns=1)
-                if first == ref:
-                    break
-                self._finish_baseline(next(k for k, (_, r) in baseline_jobs.items() if r == first), baseline_jobs)
+            self.finish_baselines(until=ref)
             reply: TrainingReply = self._get(ref, "train", self.main_key.id)
             self._release(actor)
             files = reply.adapter_files
@@ -159,30 +185,6 @@ class Pipeline(SweepStage, FidelityStage):
             reason = str(exc).strip().splitlines()[-1][:2000] if str(exc).strip() else type(exc).__name__
             self.records.record_failure(kind, rank, reason)
             raise PipelineError(f"{kind} (rank {rank}) failed: {reason}") from None
-
-    # ---- 2. evaluators ---------------------------------------------------------------------------
-    def pool_size(self, num_ranks: int) -> int:
-        r = self.cfg.resources
-        if r.num_evaluators:
-            return min(r.num_evaluators, num_ranks)
-        total = ray.cluster_resources()
-        fits = [total.get("CPU", 1) / r.evaluator_cpus]
-        if r.evaluator_gpus:
-            fits.append(total.get("GPU", 0) / r.evaluator_gpus)
-        return max(1, min(num_ranks, math.floor(min(fits))))
-
-    def evaluator_name(self, index: int) -> str:
-        return f"RankEvaluator-{self.parent_id[:12]}-{index}"  # findable in `ray list actors`
-
-    def start_evaluators(self, n: int) -> list:
-        options = actor_options(self.cfg, "evaluator")
-        pool = [RankEvaluator.options(name=self.evaluator_name(i), **options).remote(self.job, options["num_cpus"])
-                for i in range(n)]
-        self.actors += pool
-        self.evaluators = list(pool)
-        for i, actor in enumerate(pool):
-            self.reservations.add(f"evaluator_{i}", actor, options)
-        return pool
 
     # ---- 3. sweep --------------------------------------------------------------------------------
     def record_baseline(self, name: str, reply: TrainingReply) -> None:
@@ -208,41 +210,29 @@ class Pipeline(SweepStage, FidelityStage):
         cfg = self.cfg
         started = time.time()
         jobs = self.launch_trainers()
+        self.baseline_jobs = {key: job for key, job in jobs.items() if key.kind == "baseline"}
+        adapter_key, files_ref = self.finish_training(jobs.get(self.main_key))
+        # The pool is reserved only now that the adapter exists. Started beside the trainers, it held its
+        # devices through the whole training for one zero-shot forward (0.57 of the tiny pipeline's reserved
+        # device-seconds idle); the zero-shot score is now the sweep's first task, which costs one base
+        # forward of wall time after training, and the base loads no longer overlap training.
         pool = self.start_evaluators(self.pool_size(len(cfg.eval_ranks())))
+        ranks = self.sweep(pool, adapter_key, files_ref, zeroshot=ZEROSHOT not in self.records)
 
-        zeroshot_ref = None if ZEROSHOT in self.records else pool[0].evaluate_base.remote("validation")
-        baseline_jobs = {key: job for key, job in jobs.items() if key.kind == "baseline"}
-        adapter_key, files_ref = self.finish_training(jobs.get(self.main_key), baseline_jobs)
-        ranks = self.sweep(pool, adapter_key, files_ref, baseline_jobs, zeroshot_ref)
-
-        selected = self.select(ranks)
+        selected = self.select(ranks)  # the sweep left one evaluator up, for the test scoring
         test_metrics = self.score_test([selected["rank"]], adapter_key, files_ref, full=True)[selected["rank"]]
+        if len(fidelity_grid(cfg)) >= 2:  # the grid's test scores: the evaluators' last work (self.fidelity reuses them)
+            self.score_test(fidelity_grid(cfg), adapter_key, files_ref)
+        for actor in list(self.evaluators):
+            self.release_evaluator(actor)
+        self.finish_baselines()  # those still training after the sweep
         fidelity = self.fidelity(ranks, selected["rank"], adapter_key, files_ref)
-        loads = dict(filter(None, (self._on_live_evaluator("base loads", lambda a: a.base_loads.remote(), actor)
-                                   for actor in list(self.evaluators))))
-        self.tracker.set_tags(self.parent_id, {tags.EVALUATOR_BASE_LOADS_TAG: json.dumps(loads)})
+        self.tracker.set_tags(self.parent_id, {tags.EVALUATOR_BASE_LOADS_TAG: json.dumps(self.base_loads)})
         self.reservations.read_all()
         self.tracker.log_metrics(self.parent_id, self.reservations.metrics())
         result = self.summarize(ranks, selected, test_metrics, started, fidelity)
         publish_selected(self.tracker, self.parent_id, cfg, self.workdir, result.selected_rank)  # card, pyfunc, registry
         return result
-
-    def _on_live_evaluator(self, what: str, call, only=None):
-        """ray.get(call(actor)) on a live evaluator (`only`: that one, or None if it died); an evaluator that
-        died for good is dropped and the next one tried. A task that fails on a live actor is a failure."""
-        for actor in [only] if only is not None else list(self.evaluators):
-            if actor not in self.evaluators:
-                continue
-            try:
-                return ray.get(call(actor))
-            except ActorDiedError:
-                self.evaluators.remove(actor)
-            except (RayTaskError, RayActorError) as exc:
-                reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                raise PipelineError(f"{what} failed: {reason}") from None
-        if only is not None:
-            return None
-        raise PipelineError(f"{what}: every evaluator died (restarts used up)")
 
     # ---- 5. summarize ----------------------------------------------------------------------------
     def summarize(self, ranks: list[dict], selected: dict, test_metrics: dict, started: float,

@@ -1,11 +1,15 @@
 """What each actor reserves and what it uses of it: torch threads per phase, and device-seconds held idle.
 
-Threads follow cores: a phase's busy jobs split the cluster's CPUs between them (the training phase: the
-training jobs; the sweep: the evaluators), so a trainer reserving `trainer_cpus: 0.5` alone in its phase
-still uses the free cores. A job never runs fewer threads than the whole CPUs it reserved (actors.py _threads).
+Threads follow cores: the live actors' jobs split the cluster's CPUs between them (Pipeline.share_cores), so
+a trainer reserving `trainer_cpus: 0.5` alone uses the free cores, and when a training job finishes the ones
+still running take its cores' threads between two steps (actors.py set_threads). A job never runs fewer
+threads than the whole CPUs it reserved (actors.py _threads).
 
 Idle reservations: every actor reports when it was placed and how long its tasks ran (actors.py ActorUsage);
 reserved minus busy, times the GPUs it holds (its CPUs where it holds none), is what it kept from other work.
+The pipeline keeps it small by reserving evaluators only once the adapter exists and releasing every actor as
+soon as its work is done (orchestrator/sweep_stage.py). Placement is the actor's __init__: the start of its
+worker process, before that, is not counted.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from orchestrator.tracking import Tracker
 from trainers.validation_probe import PREFIX as PROBE_PREFIX
 
 # metrics.jsonl keys -> the MLflow series names of a training run
-TRAIN_SERIES = {"train_loss": "train_loss", "rank": "sampled_rank", "lr": "lr", "grad_norm": "grad_norm"}
+TRAIN_SERIES = {"train_loss": "train_loss", "rank": "sampled_rank", "lr": "lr", "grad_norm": "grad_norm",
+                "torch_threads": "torch_threads"}  # threads change when other jobs finish (actors.py set_threads)
 
 
 @dataclass

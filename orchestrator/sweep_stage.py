@@ -1,18 +1,22 @@
-"""Stage 3 of the pipeline (orchestrator/pipeline.py): every rank of the trained adapter scored on validation by
-the evaluator pool, in groups of ranks per Ray task, with a queue on each evaluator so none idles between tasks;
-and the test scoring of chosen ranks (the selected one, the fidelity grid's).
-A mixin of `Pipeline`: it uses the pipeline's records, evaluators, per-example store and config."""
+"""Stages 2-3 of the pipeline (orchestrator/pipeline.py): the evaluator pool, and every rank of the trained adapter
+scored on validation by it, in groups of ranks per Ray task, with a queue on each evaluator so none idles between
+tasks; and the test scoring of chosen ranks (the selected one, the fidelity grid's).
+Evaluators hold a reservation only while they have work: the pool starts once the adapter exists, and each one is
+released when nothing is left for it (the last after the test scoring), so the parent run's idle share
+(orchestrator/reservations.py) stays small.
+A mixin of `Pipeline`: it uses the pipeline's records, actors, per-example store and config."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 
 import ray
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
+from orchestrator.actors import RankEvaluator, actor_options
 from orchestrator.errors import PipelineError
 from orchestrator.messages import JobKey
-from orchestrator.reservations import phase_threads
 
 ZEROSHOT = JobKey("zeroshot", None)
 QUEUE_DEPTH = 2  # tasks queued on each evaluator during the sweep: one running, the next one waiting
@@ -20,6 +24,60 @@ TEST_KEYS = ("test_", "harness_")  # what a rank's test scoring adds to its eval
 
 
 class SweepStage:
+    # ---- 2. evaluators ---------------------------------------------------------------------------
+    def pool_size(self, num_ranks: int) -> int:
+        r = self.cfg.resources
+        if r.num_evaluators:
+            return min(r.num_evaluators, num_ranks)
+        total = ray.cluster_resources()
+        fits = [total.get("CPU", 1) / r.evaluator_cpus]
+        if r.evaluator_gpus:
+            fits.append(total.get("GPU", 0) / r.evaluator_gpus)
+        return max(1, min(num_ranks, math.floor(min(fits))))
+
+    def evaluator_name(self, index: int) -> str:
+        return f"RankEvaluator-{self.parent_id[:12]}-{index}"  # findable in `ray list actors`
+
+    def start_evaluators(self, n: int) -> list:
+        options = actor_options(self.cfg, "evaluator")
+        pool = [RankEvaluator.options(name=self.evaluator_name(i), **options).remote(self.job, options["num_cpus"])
+                for i in range(n)]
+        self.actors += pool
+        self.evaluators = list(pool)
+        for i, actor in enumerate(pool):
+            self.reservations.add(f"evaluator_{i}", actor, options)
+        return pool
+
+    def release_evaluator(self, actor) -> None:
+        """An evaluator with no work left: its base-load count read (the base_loads tag), then released."""
+        if actor not in self.evaluators:  # died for good: nothing to read, Ray holds nothing for it
+            return
+        loads = self._on_live_evaluator("base loads", lambda a: a.base_loads.remote(), actor)
+        if loads is not None:
+            self.base_loads[loads[0]] = loads[1]
+        if actor in self.evaluators:  # still alive after that call
+            self.evaluators.remove(actor)
+            self._release(actor)
+
+    def _on_live_evaluator(self, what: str, call, only=None):
+        """ray.get(call(actor)) on a live evaluator (`only`: that one, or None if it died); an evaluator that
+        died for good is dropped and the next one tried. A task that fails on a live actor is a failure."""
+        for actor in [only] if only is not None else list(self.evaluators):
+            if actor not in self.evaluators:
+                continue
+            try:
+                ref = call(actor)
+                self.finish_baselines(until=ref)  # baselines that finish meanwhile give their trainers back
+                return ray.get(ref)
+            except ActorDiedError:
+                self.evaluators.remove(actor)
+            except (RayTaskError, RayActorError) as exc:
+                reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                raise PipelineError(f"{what} failed: {reason}") from None
+        if only is not None:
+            return None
+        raise PipelineError(f"{what}: every evaluator died (restarts used up)")
+
     def ranks_per_task(self) -> int:
         """Ranks sent to an evaluator in one Ray task: what its session scores in one batched forward
         (evaluation.ranks_per_forward, else the default of the device the evaluators hold)."""
@@ -28,28 +86,40 @@ class SweepStage:
         chosen = self.cfg.evaluation.ranks_per_forward
         return chosen or RANKS_PER_FORWARD_DEFAULT["cuda" if self.cfg.resources.evaluator_gpus else "cpu"]
 
-    def sweep(self, pool: list, adapter_key: str, files_ref, baseline_jobs: dict, zeroshot_ref=None) -> list[dict]:
-        """Spread the unrecorded ranks over the pool in groups (`ranks_per_task`) and record each result the
-        moment it arrives. Each evaluator holds up to QUEUE_DEPTH tasks, so the next group is already queued on
-        it when one finishes: no evaluator idles waiting for the driver. Baselines still training and the
-        zero-shot score are collected in the same loop, so no finished work waits on another. (Waiting for the
-        zero-shot score first could deadlock: its evaluator may be waiting for the GPU a finished baseline
-        trainer holds until its result is collected here.)"""
+    def sweep(self, pool: list, adapter_key: str, files_ref, zeroshot: bool = True) -> list[dict]:
+        """Score the base (zero-shot, when `zeroshot`) and spread the unrecorded ranks over the pool in groups
+        (`ranks_per_task`), recording each result the moment it arrives. Each evaluator holds up to QUEUE_DEPTH
+        tasks, so the next group is already queued on it when one finishes: no evaluator idles waiting for the
+        driver. Once nothing is left to hand out, an evaluator whose queue is empty is released at once (its
+        reservation would only idle) while another still works; the last one stays for the test scoring.
+        Baselines that finish meanwhile are collected in the same loop (an evaluator may be waiting for the GPU a
+        finished baseline trainer holds until then); those still training when the sweep is done stay in
+        `self.baseline_jobs`, so the test scoring need not wait for them."""
         results = self.records.rows("eval")
         pending = deque(r for r in self.cfg.eval_ranks() if r not in results)
-        group_size, threads = self.ranks_per_task(), phase_threads(len(pool))  # the sweep: evaluators share the cores
+        if zeroshot:
+            pending.appendleft(None)  # None: the base alone; first, so it is never the sweep's tail
+        group_size = self.ranks_per_task()
         # An evaluator gets work only once it is up: one still waiting for resources would sit on it.
         waiting = {a.base_loads.remote(): ("ready", a, ()) for a in pool}
-        waiting.update({ref: ("baseline", actor, key.id) for key, (actor, ref) in baseline_jobs.items()})
-        if zeroshot_ref is not None:  # submitted with the pool (its "ready" call marks the actor idle, not this)
-            waiting[zeroshot_ref] = ("zeroshot", pool[0], (None,))
+        waiting.update({ref: ("baseline", actor, key.id) for key, (actor, ref) in self.baseline_jobs.items()})
         ready, queued, failures = [], Counter(), Counter()
-        while pending or waiting:
+
+        def release_if_done(actor) -> None:
+            if not pending and queued[actor] == 0 and actor in ready and len(ready) > 1:
+                ready.remove(actor)
+                self.release_evaluator(actor)
+
+        def evaluators_busy() -> bool:  # a task out, or an evaluator not up yet (it may be given the last group)
+            return any(what != "baseline" for what, _, _ in waiting.values())
+
+        while pending or evaluators_busy():
             while pending and ready:  # the least-loaded evaluator takes the next group
                 actor = min(ready, key=lambda a: queued[a])
                 if queued[actor] >= QUEUE_DEPTH:
                     break
-                if pending[0] is None:  # the zero-shot score, moved here when its evaluator died
+                threads = self.share_cores()  # the evaluators and any baseline still training share the cores
+                if pending[0] is None:  # the zero-shot score
                     group = (pending.popleft(),)
                     ref = actor.evaluate_base.remote("validation", threads=threads)
                 else:
@@ -59,12 +129,15 @@ class SweepStage:
                     ref = actor.evaluate_ranks.remote(group, "validation", adapter_key, [files_ref], threads=threads)
                 waiting[ref] = ("eval", actor, group)
                 queued[actor] += 1
+            for actor in list(ready):  # nothing left to hand out: idle evaluators go, but one
+                release_if_done(actor)
             if not waiting:
                 raise PipelineError(f"every evaluator died; ranks left: {list(pending)}")
             [ref], _ = ray.wait(list(waiting), num_returns=1)
             what, actor, group = waiting.pop(ref)
             if what == "baseline":  # `group` holds the job's name here
-                self._finish_baseline(JobKey("baseline", group), baseline_jobs)
+                if JobKey("baseline", group) in self.baseline_jobs:  # not already collected by _on_live_evaluator
+                    self._finish_baseline(JobKey("baseline", group))
                 continue
             if what == "eval":
                 queued[actor] -= 1
@@ -78,7 +151,7 @@ class SweepStage:
                     ready.remove(actor)
                 if what == "ready" and not died:
                     ready.append(actor)
-                if what in ("eval", "zeroshot"):
+                if what == "eval":
                     for rank in group:
                         failures[rank] += 1
                         if failures[rank] > self.cfg.resources.max_restarts or not self.evaluators:
@@ -114,7 +187,8 @@ class SweepStage:
         if todo:
             results = self._on_live_evaluator(
                 f"test scoring of rank(s) {todo}",
-                lambda a: a.evaluate_ranks.remote(todo, "test", adapter_key, [files_ref], full, full))
+                lambda a: a.evaluate_ranks.remote(todo, "test", adapter_key, [files_ref], full, full,
+                                                  self.share_cores()))
             for result in results:
                 metrics = {k: v for k, v in result.scores.items() if k.startswith(TEST_KEYS)}
                 self.tracker.log_metrics(done[result.rank].run_id, metrics)

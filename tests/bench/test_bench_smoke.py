@@ -27,6 +27,7 @@ SMOKES = {
     "g2_time_to_rank.py": (["--set", "adapter.r_max=2"], ["ratio", "every_rank_extrapolated", "user_grid"]),
     "dequantized_eval.py": ([], ["ratio_dequantized_over_nf4", "relative_loss_difference"]),
     "gpu.py": (["--steps", "2"], ["P1"]),
+    "idle_tiny.py": ([], ["summary", "runs"]),
     "methods.py": ([], ["methods"]),
     "p2_search_cost.py": ([], ["P2a", "P2b", "raw_train_s"]),
     "p4_memory.py": ([], ["rows"]),
