@@ -56,7 +56,8 @@ def pytest_unconfigure(config):
 
 # Shared fixtures whose set-up (a whole study, a multi-node deployment) is paid by whichever test asks first:
 # any test using one may take this long, over the suite-wide `timeout` in pyproject.toml.
-SLOW_FIXTURES = {"tiny_study": 900, "pipeline_through_an_outage": 900, "methods_pipeline": 600, "pipeline": 600}
+SLOW_FIXTURES = {"tiny_study": 900, "pipeline_through_an_outage": 900, "methods_pipeline": 600, "pipeline": 600,
+                 "fidelity_run": 600}
 
 
 def pytest_collection_modifyitems(config, items):
