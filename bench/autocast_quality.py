@@ -15,6 +15,7 @@ max(fp32 range, 1 % of the mean)); the script records the figures and the verdic
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -74,18 +75,29 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", dest="extra", action="append", default=[])
     parser.add_argument("--smoke", action="store_true", help="tiny model, 2 steps: checks the script still runs")
+    parser.add_argument("--add-bf16", type=int, nargs="+", metavar="SEED",
+                        help="train these bf16 seeds and add them to the existing --out (its fp32 runs kept)")
     parser.add_argument("--out", required=True)
     args = parse(parser)
     if args.smoke:
         args.extra, args.steps, args.seeds = [*SMOKE, *args.extra], 2, [0, 1]
     torch.set_num_threads(args.threads)
     scratch = Path(tempfile.mkdtemp(prefix="dyrank-bench-autocast-"))
-    bf16_seeds = args.seeds[:args.bf16_seeds]
-    runs = {dtype: [train_and_score(args.config, args.steps, seed, dtype, args.extra, scratch) for seed in seeds]
-            for dtype, seeds in (("float32", args.seeds), ("bfloat16", bf16_seeds))}
-    result = stamp("bench/autocast_quality.py", *TRAINING_LIBRARIES, config=Path(args.config).name,
-                   steps=args.steps, seeds=args.seeds, bf16_seeds=bf16_seeds, overrides=args.extra, smoke=args.smoke)
-    result.update(runs=runs, verdict=verdict(runs))
+    if args.add_bf16:  # more bf16 seeds against the recorded fp32 ones, with the recorded run's settings
+        result = json.loads(Path(args.out).read_text())
+        for seed in args.add_bf16:
+            run = train_and_score(args.config, result["steps"], seed, "bfloat16", result["overrides"], scratch)
+            result["runs"]["bfloat16"].append(json.loads(json.dumps(run)))  # string rank keys, as the recorded ones
+            result["bf16_seeds"].append(seed)
+    else:
+        bf16_seeds = args.seeds[:args.bf16_seeds]
+        runs = {dtype: [train_and_score(args.config, args.steps, seed, dtype, args.extra, scratch) for seed in seeds]
+                for dtype, seeds in (("float32", args.seeds), ("bfloat16", bf16_seeds))}
+        result = stamp("bench/autocast_quality.py", *TRAINING_LIBRARIES, config=Path(args.config).name,
+                       steps=args.steps, seeds=args.seeds, bf16_seeds=bf16_seeds, overrides=args.extra,
+                       smoke=args.smoke)
+        result["runs"] = runs
+    result["verdict"] = verdict(result["runs"])
     write_result(result, args.out)
     for rank, row in result["verdict"].items():
         print(f"rank {rank:>3}: fp32 {row['fp32']}  bf16 {row['bf16']}  within: {row['within']}")

@@ -79,6 +79,19 @@ def test_other_modes_write_their_json(script, args, keys, tmp_path):
 
 
 @pytest.mark.slow
+def test_autocast_quality_adds_bf16_seeds_to_a_recorded_run(tmp_path):
+    out = tmp_path / "result.json"
+    assert _run("autocast_quality.py", ["--smoke", "--out", str(out)], tmp_path).returncode == 0
+    before = json.loads(out.read_text())
+    done = _run("autocast_quality.py", ["--smoke", "--add-bf16", "2", "--out", str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    after = json.loads(out.read_text())
+    assert after["runs"]["float32"] == before["runs"]["float32"]  # the recorded fp32 runs are unchanged
+    assert after["bf16_seeds"] == [*before["bf16_seeds"], 2] and len(after["runs"]["bfloat16"]) == 3
+    assert all(len(row["bf16"]) == 3 for row in after["verdict"].values())
+
+
+@pytest.mark.slow
 def test_random_base_builds_a_loadable_folder(tmp_path):
     done = _run("random_base.py", ["tiny", str(tmp_path / "base")], tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
