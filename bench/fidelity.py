@@ -31,6 +31,7 @@ from _common import REPO, SMOKE_PIPELINE, TRAINING_LIBRARIES, parse, parser, sta
 from evaluators import per_example as pe  # noqa: E402
 from evaluators.bootstrap import paired_difference  # noqa: E402
 from evaluators.fidelity import metric_value  # noqa: E402
+from orchestrator.errors import TrackingError  # noqa: E402
 from orchestrator.fidelity_stage import FIDELITY_ARTIFACT  # noqa: E402
 
 SMOKE = [*SMOKE_PIPELINE, "model.source=tiny-llama", "data.dataset=tiny-qa", "adapter.r_max=4", "training.max_steps=4",
@@ -81,14 +82,14 @@ class RunReader:
         path = self.tracker.download(run.info.run_id, name, self.scratch / run.info.run_id)
         return {k: v.tolist() for k, v in pe.load(path).items()}
 
-    def series(self, run, prefix: str) -> dict:
-        """{metric: [[step, value], ...]} of a run's metric histories whose names start with `prefix`."""
+    def curves(self, run) -> dict:
+        """{metric: [[step, value], ...]}: a run's training-loss and eval_every probe (val_loss_r*) series."""
         return {key: [[p.step, p.value] for p in sorted(self.tracker.metric_history(run.info.run_id, key),
                                                           key=lambda p: p.step)]
-                for key in run.data.metrics if key.startswith(prefix)}
+                for key in run.data.metrics if key.startswith(("train_loss", "val_loss_r"))}
 
 
-def run_seed(config: str, overrides: list[str], seed: int, uri: str) -> tuple[object, object, float]:
+def run_seed(config: str, overrides: list[str], seed: int, uri: str) -> tuple[object, float]:
     import ray
 
     from dashboards.summary import write_pipeline_outputs
@@ -102,7 +103,7 @@ def run_seed(config: str, overrides: list[str], seed: int, uri: str) -> tuple[ob
         result = run_pipeline(cfg, write_outputs=write_pipeline_outputs)
     finally:
         ray.shutdown()
-    return cfg, result, time.perf_counter() - began
+    return result, time.perf_counter() - began
 
 
 def seed_entry(parent_id: str, uri: str, scratch: Path) -> dict:
@@ -117,7 +118,7 @@ def seed_entry(parent_id: str, uri: str, scratch: Path) -> dict:
     arrays = {
         "qlora_test": {r: reader.values(baselines[f"qlora-r{r}"], "test") for r in grid},
         "qlora_validation": {r: reader.values(baselines[f"qlora-r{r}"], "validation") for r in grid},
-        "qdylora_test": {r: reader.values(evals[r], "test") for r in sorted({*grid, dy_pick})},
+        f"{main_method}_test": {r: reader.values(evals[r], "test") for r in sorted({*grid, dy_pick})},
         "qdylora_validation": {r: reader.values(evals[r], "validation") for r in grid},
     }
     for name, run in baselines.items():  # rank-dynamic baselines (qlora-svd): test at the grid and their pick
@@ -126,9 +127,7 @@ def seed_entry(parent_id: str, uri: str, scratch: Path) -> dict:
             pick = blocks[method]["selected_rank"]
             arrays[f"{method}_test"] = {r: reader.values(run, "test", r) for r in sorted({*grid, pick})}
     [trained] = reader.of_kind("train")
-    curves = {"qdylora": {**reader.series(trained, "train_loss"), **reader.series(trained, "val_loss_r")}}
-    for name, run in baselines.items():
-        curves[name] = {**reader.series(run, "train_loss"), **reader.series(run, "val_loss_r")}
+    curves = {main_method: reader.curves(trained), **{name: reader.curves(run) for name, run in baselines.items()}}
     return {"parent_run_id": parent_id, "wall_seconds": (parent.info.end_time - parent.info.start_time) / 1000,
             "grid": grid, "blocks": blocks, "selected_rank": int(parent.data.metrics["best_rank"]),
             "separation": separation(arrays["qlora_test"]),
@@ -148,7 +147,7 @@ def pooled(seeds: dict) -> dict:
                                  stacked([q(e, b) for e, (_, b) in zip(entries, worst_best)]))
     out["separation"]["separated"] = out["separation"]["low"] > 0
     for method in entries[0]["blocks"]:
-        key = "qdylora_test" if method == "qdylora" else f"{method}_test"
+        key = f"{method}_test"
 
         def arrays(entry):
             return {int(r): v for r, v in entry["per_example"][key].items()}
@@ -171,7 +170,7 @@ def update_mode_entry(config: str, overrides: list[str], seed: int, mode: str, r
     """The same QDyLoRA job in another update mode, swept on the grid (no baselines), against the seed's run on
     the same validation examples (the seed's run scored test at the grid through its baselines; this one has none)."""
     grid = reference["grid"]
-    _, result, wall_s = run_seed(config, [*overrides, f"adapter.update_mode={mode}", f"evaluation.ranks={grid}",
+    result, wall_s = run_seed(config, [*overrides, f"adapter.update_mode={mode}", f"evaluation.ranks={grid}",
                                           "baselines.ranks=[]", "baselines.methods=[]"], seed, uri)
     reader = RunReader(uri, result.parent_run_id, scratch)
     evals = reader.evals()
@@ -186,8 +185,7 @@ def update_mode_entry(config: str, overrides: list[str], seed: int, mode: str, r
             "reference_validation_loss": {r: metric_value(ref[r]) for r in grid},
             "per_rank_minus_reference": per_rank,
             "over_grid_minus_reference": {k: over_grid[k] for k in ("diff", "low", "high")},
-            "curves": {**reader.series(reader.of_kind("train")[0], "train_loss"),
-                       **reader.series(reader.of_kind("train")[0], "val_loss_r")}}
+            "curves": reader.curves(reader.of_kind("train")[0])}
 
 
 def main() -> None:
@@ -204,9 +202,16 @@ def main() -> None:
     if args.smoke:
         args.extra, args.config = [*SMOKE, *args.extra], str(REPO / "examples" / "tiny.yaml")
         args.tracking_uri = f"sqlite:///{scratch}/mlflow.db"
+    if not Path(args.config).is_file():
+        arguments.error(f"--config {args.config}: no such file")
     recipe = hashlib.sha256(json.dumps([Path(args.config).read_text(), args.extra]).encode()).hexdigest()[:16]
     out = Path(args.out)
-    result = json.loads(out.read_text()) if out.exists() else stamp(
+    try:
+        recorded = json.loads(out.read_text()) if out.exists() else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # never overwrite what we cannot read
+        arguments.error(f"--out {out}: not a results JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
+                        "write to another --out")
+    result = recorded or stamp(
         "bench/fidelity.py", *TRAINING_LIBRARIES, config=Path(args.config).name, overrides=args.extra,
         recipe=recipe, smoke=args.smoke, seeds={}, update_mode={})
     if result.get("recipe") != recipe:  # pooling seeds of different recipes would mix two experiments
@@ -216,8 +221,11 @@ def main() -> None:
         args.update_mode = args.update_mode or "frozen"
     for seed in args.seeds:
         if not args.update_mode or args.smoke:
-            parent_id = args.from_run or run_seed(args.config, args.extra, seed, args.tracking_uri)[1].parent_run_id
-            entry = seed_entry(parent_id, args.tracking_uri, scratch)
+            parent_id = args.from_run or run_seed(args.config, args.extra, seed, args.tracking_uri)[0].parent_run_id
+            try:
+                entry = seed_entry(parent_id, args.tracking_uri, scratch)
+            except TrackingError as exc:  # a wrong --from-run or --tracking-uri: one line, nothing written
+                raise SystemExit(f"error: {exc}") from None
             result["seeds"][str(seed)] = json.loads(json.dumps(entry, default=float))  # string keys, as when re-read
             result["pooled"] = pooled(result["seeds"])
             write_result(result, out)  # after each seed: a cut-short run keeps what it finished
