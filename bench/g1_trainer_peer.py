@@ -124,20 +124,27 @@ def peer_trainer(job, recipe, steps: int, out: Path, callback, kind: str = "trai
     return trainer, tokens
 
 
-def run(config: str, steps: int, warmup: int, extra: list[str], scratch: Path, arms: list[str],
-        partial=None, peer: str = "trainer") -> dict:
-    """The interleaved run; `partial(result_so_far)` is called every 10 steps, so a cut-short run keeps its data."""
-    from transformers import TrainerCallback
-
-    from trainers.batching import collate
+def dyrank_recipes(config: str, steps: int, extra: list[str], scratch: Path, arms: list[str]) -> dict:
+    """Each dyrank arm's training recipe, set up and in train mode."""
     from trainers.finetune import FinetuneRecipe
-    from trainers.methods.base import trainable_params
 
     recipes = {}
     for name in arms:
         recipes[name] = FinetuneRecipe(job_config(config, steps, extra, ARMS[name]), scratch / name, progress=False)
         recipes[name].setup()
         recipes[name].model.train()
+    return recipes
+
+
+def run(config: str, steps: int, warmup: int, extra: list[str], scratch: Path, arms: list[str],
+        partial=None, peer: str = "trainer") -> dict:
+    """The interleaved run; `partial(result_so_far)` is called every 10 steps, so a cut-short run keeps its data."""
+    from transformers import TrainerCallback
+
+    from trainers.batching import collate
+    from trainers.methods.base import trainable_params
+
+    recipes = dyrank_recipes(config, steps, extra, scratch, arms)
     first = recipes[arms[0]]
     times = {name: [] for name in ["peer", *arms]}
     losses = {name: [] for name in ["peer", *arms]}
@@ -205,14 +212,9 @@ def run_without_peer(config: str, steps: int, warmup: int, extra: list[str], scr
                      partial=None) -> dict:
     """P1 only: the dyrank arms interleaved step by step, the first arm's place rotating, no peer (at 3 s a step
     a peer would add 40 % to a 200-step run and P1 does not use it)."""
-    from trainers.finetune import FinetuneRecipe
     from trainers.methods.base import trainable_params
 
-    recipes = {}
-    for name in arms:
-        recipes[name] = FinetuneRecipe(job_config(config, steps, extra, ARMS[name]), scratch / name, progress=False)
-        recipes[name].setup()
-        recipes[name].model.train()
+    recipes = dyrank_recipes(config, steps, extra, scratch, arms)
     times = {name: [] for name in arms}
     losses = {name: [] for name in arms}
     for step in range(steps):
