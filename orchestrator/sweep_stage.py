@@ -39,14 +39,27 @@ class SweepStage:
         return f"RankEvaluator-{self.parent_id[:12]}-{index}"  # findable in `ray list actors`
 
     def start_evaluators(self, n: int) -> list:
-        options = actor_options(self.cfg, "evaluator")
-        pool = [RankEvaluator.options(name=self.evaluator_name(i), **options).remote(self.job, options["num_cpus"])
-                for i in range(n)]
-        self.actors += pool
-        self.evaluators = list(pool)
-        for i, actor in enumerate(pool):
-            self.reservations.add(f"evaluator_{i}", actor, options)
-        return pool
+        self.evaluators_started, self.evaluators_released = 0, 0
+        return [self._start_evaluator() for _ in range(n)]
+
+    def _start_evaluator(self):
+        index, options = self.evaluators_started, actor_options(self.cfg, "evaluator")
+        actor = RankEvaluator.options(name=self.evaluator_name(index), **options).remote(self.job, options["num_cpus"])
+        self.evaluators_started += 1
+        self.actors.append(actor)
+        self.evaluators.append(actor)
+        self.reservations.add(f"evaluator_{index}", actor, options)
+        return actor
+
+    def replacement_evaluator(self):
+        """A fresh evaluator when the live ones all died for good but some were released earlier, else None.
+        Releasing an idle evaluator must not cost the pipeline the lives it would have had had it kept it:
+        without this, the last evaluator dying after the others were released stopped the run. The pool
+        still uses at most as many evaluators at once, and as many in all, as it started with."""
+        if self.evaluators or not self.evaluators_released:
+            return None
+        self.evaluators_released -= 1
+        return self._start_evaluator()
 
     def release_evaluator(self, actor) -> None:
         """An evaluator with no work left: its base-load count read (the base_loads tag), then released."""
@@ -58,11 +71,14 @@ class SweepStage:
         if actor in self.evaluators:  # still alive after that call
             self.evaluators.remove(actor)
             self._release(actor)
+            self.evaluators_released += 1
 
     def _on_live_evaluator(self, what: str, call, only=None):
         """ray.get(call(actor)) on a live evaluator (`only`: that one, or None if it died); an evaluator that
         died for good is dropped and the next one tried. A task that fails on a live actor is a failure."""
-        for actor in [only] if only is not None else list(self.evaluators):
+        candidates = [only] if only is not None else list(self.evaluators)
+        while candidates:
+            actor = candidates.pop(0)
             if actor not in self.evaluators:
                 continue
             try:
@@ -71,6 +87,8 @@ class SweepStage:
                 return ray.get(ref)
             except ActorDiedError:
                 self.evaluators.remove(actor)
+                if only is None and not candidates and (fresh := self.replacement_evaluator()) is not None:
+                    candidates.append(fresh)
             except (RayTaskError, RayActorError) as exc:
                 reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
                 raise PipelineError(f"{what} failed: {reason}") from None
@@ -149,6 +167,8 @@ class SweepStage:
                     self.evaluators.remove(actor)
                 if died and actor in ready:
                     ready.remove(actor)
+                if died and (fresh := self.replacement_evaluator()) is not None:  # the others were released
+                    waiting[fresh.base_loads.remote()] = ("ready", fresh, ())
                 if what == "ready" and not died:
                     ready.append(actor)
                 if what == "eval":

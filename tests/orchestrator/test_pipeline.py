@@ -17,7 +17,7 @@ from dashboards.summary import write_pipeline_outputs
 from evaluators.metrics import evaluate
 from orchestrator.pipeline import run_pipeline
 from tests.conftest import FIXTURES, temp_tracking_store, tiny_config
-from tests.support.evaluator_faults import KILL_RANK_ENV, SCORE_LOG_ENV, score_log
+from tests.support.evaluator_faults import KILL_RANK_ENV, KILL_SPLIT_ENV, SCORE_LOG_ENV, score_log
 from tests.support.mlflow_record import record_of
 from trainers.batching import encode_all
 from trainers.costs import COST_KEYS
@@ -274,6 +274,30 @@ def test_evaluator_killed_mid_rank_is_restarted_and_scores_that_rank_once(tracki
     assert_every_rank_once(runs, result.parent_run_id, range(1, 9))
     [run] = [r for r in children(runs, result.parent_run_id, "eval") if int(r.data.params["rank"]) == killed_rank]
     assert run.data.tags["dyrank.actor_id"] == killed["actor"]
+
+
+def test_the_last_evaluator_dying_after_the_others_were_released_is_replaced(tracking, tmp_path, monkeypatch):
+    """Issue 16's risk: the sweep releases idle evaluators and keeps one for the test scoring. That one dies
+    for good there (no restarts left); a fresh evaluator takes the released one's place and scores the
+    selected rank on test, instead of the run failing with every evaluator dead."""
+    log = tmp_path / "scores.jsonl"
+    monkeypatch.setenv(KILL_RANK_ENV, "any")
+    monkeypatch.setenv(KILL_SPLIT_ENV, "test")
+    monkeypatch.setenv(SCORE_LOG_ENV, str(log))
+    repo = str(Path(__file__).resolve().parents[2])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p))
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             runtime_env={"worker_process_setup_hook": "tests.support.evaluator_faults.install"})
+    result = run_pipeline(tiny_config("baselines.ranks=[]", "resources.max_restarts=0", "resources.num_evaluators=2"))
+
+    calls = score_log(log)
+    sweepers = {c["actor"] for c in calls if c["split"] == "validation"}
+    killed, scored = [c for c in calls if c["split"] == "test"]
+    assert len(sweepers) == 2 and killed["actor"] in sweepers, calls  # the one kept for the test scoring died
+    assert scored["actor"] not in sweepers and scored["ranks"] == killed["ranks"] == [result.selected_rank]
+    [run] = [r for r in children(all_runs(tracking, result.parent_run_id), result.parent_run_id, "eval")
+             if int(r.data.params["rank"]) == result.selected_rank]
+    assert run.info.status == "FINISHED" and "test_loss" in run.data.metrics
 
 
 def test_parent_records_each_actors_idle_reservation_consistently(pipeline):

@@ -1,7 +1,7 @@
 """A crash inside an evaluator, on a chosen rank: installed in every Ray worker through Ray's
 `worker_process_setup_hook`, it wraps EvalSession's scoring so that the first process asked to score rank
-DYRANK_TEST_KILL_RANK on the validation split dies there (os._exit, as a segfault or OOM kill would), once
-per test. Every scoring call is logged (pid, actor, ranks, split) to DYRANK_TEST_SCORE_LOG, so a test can tell
+DYRANK_TEST_KILL_RANK ("any": whatever rank) on the DYRANK_TEST_KILL_SPLIT split (default validation) dies there
+(os._exit, as a segfault or OOM kill would), once per test. Every scoring call is logged (pid, actor, ranks, split) to DYRANK_TEST_SCORE_LOG, so a test can tell
 which process scored what. Keyed on the rank, not on how the pipeline dispatches ranks (one per task or a
 group per task): whatever calls the session with that rank dies with it."""
 
@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-KILL_RANK_ENV, SCORE_LOG_ENV = "DYRANK_TEST_KILL_RANK", "DYRANK_TEST_SCORE_LOG"
+KILL_RANK_ENV, KILL_SPLIT_ENV, SCORE_LOG_ENV = "DYRANK_TEST_KILL_RANK", "DYRANK_TEST_KILL_SPLIT", "DYRANK_TEST_SCORE_LOG"
 
 
 def install() -> None:
@@ -31,11 +31,16 @@ def install() -> None:
         bound = signature.bind(self, *args, **kwargs).arguments
         ranks = list(bound["ranks"]) if "ranks" in bound else [bound.get("rank")]
         _log(ranks, bound["split"])
-        if bound["split"] == "validation" and int(os.environ[KILL_RANK_ENV]) in ranks and _claim_the_kill():
+        if bound["split"] == os.environ.get(KILL_SPLIT_ENV, "validation") and _marked(ranks) and _claim_the_kill():
             os._exit(1)
         return real(self, *args, **kwargs)
 
     setattr(EvalSession, name, scoring)
+
+
+def _marked(ranks: list) -> bool:
+    chosen = os.environ[KILL_RANK_ENV]
+    return chosen == "any" or int(chosen) in ranks
 
 
 def _log(ranks: list, split: str) -> None:
