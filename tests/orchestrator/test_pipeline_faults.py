@@ -62,9 +62,9 @@ def test_an_evaluator_dead_for_good_leaves_zeroshot_test_and_stats_to_a_live_one
 
 
 def test_ctrl_c_during_dyrank_run_marks_it_killed_in_one_line_and_it_resumes(store, monkeypatch, capsys):
-    import orchestrator.cli as cli
+    import orchestrator.cli_jobs as cli_jobs
 
-    make_progress = cli._run_progress
+    make_progress = cli_jobs._run_progress
 
     def progress_with_ctrl_c_at_the_first_rank(args, num_ranks):
         progress = make_progress(args, num_ranks)
@@ -76,7 +76,7 @@ def test_ctrl_c_during_dyrank_run_marks_it_killed_in_one_line_and_it_resumes(sto
                 raise KeyboardInterrupt
         progress.on_event = on_event
         return progress
-    monkeypatch.setattr(cli, "_run_progress", progress_with_ctrl_c_at_the_first_rank)
+    monkeypatch.setattr(cli_jobs, "_run_progress", progress_with_ctrl_c_at_the_first_rank)
     assert main(["run", str(TINY_YAML), *SMALL]) == 130
     out, err = capsys.readouterr()
     parent_id = out.split()[2]  # "pipeline run <id>  (MLflow: ...)"
@@ -87,7 +87,7 @@ def test_ctrl_c_during_dyrank_run_marks_it_killed_in_one_line_and_it_resumes(sto
     assert parent.info.status == "KILLED" and "dyrank resume" in parent.data.tags[FAILURE_TAG]
     assert not (cache_dir("pipelines", parent_id) / FINISHED_MARKER).exists(), "kept whole for resume"
 
-    monkeypatch.setattr(cli, "_run_progress", make_progress)
+    monkeypatch.setattr(cli_jobs, "_run_progress", make_progress)
     assert main(["resume", parent_id]) == 0
     assert_every_rank_once(all_runs(store, parent_id), parent_id, [1, 4, 8])
     assert MlflowClient(store).get_run(parent_id).info.status == "FINISHED"

@@ -10,7 +10,7 @@ import pytest
 import ray
 from ray import cloudpickle
 
-from orchestrator.cli import PIPELINE_EVENTS
+from orchestrator.cli_jobs import PIPELINE_EVENTS
 from orchestrator.run_progress import RunProgress, TeeSink
 
 
