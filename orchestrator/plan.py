@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.errors import PipelineError
+from orchestrator.fidelity_stage import reused_training
 from trainers.memory_estimate import GIB, MemoryEstimate, estimate_evaluation, model_shape
 from trainers.methods import make_trainer
 from trainers.models import resolve_base, resolve_compute_dtype
@@ -28,7 +29,7 @@ class ActorPlan:
 
 
 def plan(cfg) -> list[ActorPlan]:
-    """One entry per kind of actor the pipeline starts: the main trainer, each baseline job, an evaluator."""
+    """One entry per kind of actor the pipeline starts: the main trainer, each baseline job that trains, an evaluator."""
     from transformers import AutoConfig
 
     a, q, r = cfg.adapter, cfg.quantization, cfg.resources
@@ -36,8 +37,9 @@ def plan(cfg) -> list[ActorPlan]:
     shape = model_shape(model_config, a.target_modules)
     # each method estimates its own training (its base, optimizer and rank: trainers/methods/*)
     trainers = [make_trainer(a.method).estimate_memory(shape, cfg, f"trainer {a.method} r{a.full_rank}")]
+    # a qlora-svd baseline made from a grid job's training (orchestrator/fidelity_stage.py) starts no actor of its own
     trainers += [make_trainer(job.method).estimate_memory(shape, job.config, f"trainer {job.name}")
-                 for job in cfg.baseline_jobs()]
+                 for job in cfg.baseline_jobs() if reused_training(cfg, job) is None]
     evaluator = estimate_evaluation(shape, rank=a.full_rank, batch=cfg.evaluation.batch_size, seq=cfg.data.max_seq_len,
                                     load_in_4bit=q.load_in_4bit, compute_dtype=resolve_compute_dtype(q.compute_dtype),
                                     dequantize=cfg.evaluation.dequantize_base, double_quant=q.double_quant)

@@ -60,6 +60,16 @@ def test_plan_prints_one_row_per_actor_with_the_adapter_sizes_of_the_model_shape
         assert peak == pytest.approx(weights + adapter + grads + optim + activations, abs=0.03), role
 
 
+@pytest.mark.parametrize("r_max, own_row", [(8, False), (4, True)])
+def test_a_qlora_svd_baseline_has_a_row_only_if_it_trains_on_its_own(capsys, r_max, own_row):
+    """qlora-svd at the grid's r8 is made from the qlora-r8 training (no actor of its own); at r4, off the grid
+    [2, 8], it trains on its own trainer."""
+    assert main(["plan", str(TINY_YAML), f"baselines.methods=[{{method: qlora-svd, r_max: {r_max}}}]"]) == 0
+    roles = [role for role, *_ in _rows(capsys.readouterr().out)]
+    assert roles == ["trainer qdylora r8", "trainer qlora-r2", "trainer qlora-r8",
+                     *([f"trainer qlora-svd-r{r_max}"] if own_row else []), "evaluator"]
+
+
 def test_plan_refuses_what_does_not_fit(capsys):
     budget_gib = 0.001
     _shape()  # builds the tiny preset first where this test runs alone: its progress bars are not the error
