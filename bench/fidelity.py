@@ -6,6 +6,7 @@ paired per-example test values each comparison rests on kept in the JSON, so see
     .venv/bin/python bench/fidelity.py --seeds 1 --out bench/results/fidelity-smollm2-countries.json   # adds seed 1
     .venv/bin/python bench/fidelity.py --update-mode frozen --seeds 0 --out bench/results/fidelity-...json  # ~8 min
     .venv/bin/python bench/fidelity.py --smoke --out /tmp/fidelity.json
+    .venv/bin/python bench/fidelity.py --table --out bench/results/fidelity-smollm2-countries.json   # docs' tables
 
 A seed's entry holds the pipeline's fidelity block per one-run method (evaluators/fidelity.py: selected ranks,
 regret and per-rank test deltas with paired 95 % intervals, Spearman on the grid, cost ratio), the QLoRA grid's
@@ -188,6 +189,54 @@ def update_mode_entry(config: str, overrides: list[str], seed: int, mode: str, r
             "curves": reader.curves(reader.of_kind("train")[0])}
 
 
+def _ci(d: dict) -> str:
+    return f"{d['diff']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f})"
+
+
+def tables(result: dict) -> str:
+    """The docs' tables (markdown) from a results JSON: selection per one-run method, seed by seed and pooled; the
+    per-rank test deltas; the grid's separation; the update-mode comparison. Nothing is recomputed but the pooled
+    block the JSON already holds."""
+    seeds, pool = result["seeds"], result["pooled"]
+    lines = ["| seed | method | selected rank (all ranks / on grid) | grid search's rank | regret, test loss (95 % CI) "
+             "| regret on grid | Spearman on grid | cost ÷ grid |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for seed, entry in sorted(seeds.items()):
+        for method, b in entry["blocks"].items():
+            cost = f"{b['cost_ratio']:.2f}" if b.get("cost_ratio") is not None else "-"
+            lines.append(f"| {seed} | {method} | {b['selected_rank']} / {b['selected_rank_on_grid']} | "
+                         f"{b['grid_selected_rank']} | {_ci(b['regret'])} | {_ci(b['regret_on_grid'])} | "
+                         f"{b['spearman_on_grid']:.2f} | {cost} |")
+    for method, m in pool["methods"].items():
+        lines.append(f"| pooled {'+'.join(pool['seeds'])} | {method} | {m['selected_ranks']} | "
+                     f"{m['grid_selected_ranks']} | {_ci(m['regret'])}{' inconclusive' if m['regret']['inconclusive'] else ''}"
+                     f" | | {', '.join(f'{x:.2f}' for x in m['spearman_on_grid'])} | "
+                     f"{', '.join('-' if c is None else f'{c:.2f}' for c in m['cost_ratio'])} |")
+    grid = pool["grid"]
+    lines += ["", "| seed | method | " + " | ".join(f"test loss − QLoRA r{r} (95 % CI)" for r in grid) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in grid) + " |"]
+    for seed, entry in sorted(seeds.items()):
+        for method, b in entry["blocks"].items():
+            lines.append(f"| {seed} | {method} | " + " | ".join(_ci(b["per_rank"][str(r)]) for r in grid) + " |")
+    for method, m in pool["methods"].items():
+        lines.append(f"| pooled | {method} | " + " | ".join(_ci(m["per_rank"][str(r)]) for r in grid) + " |")
+    lines += ["", "| seed | QLoRA grid test loss, " + ", ".join(f"r{r}" for r in grid)
+              + " | worst − best rank (95 % CI) | separated |", "| --- | --- | --- | --- |"]
+    for seed, entry in sorted(seeds.items()):
+        sep, curve = entry["separation"], entry["blocks"][next(iter(entry["blocks"]))]["curves"]["grid_test"]
+        lines.append(f"| {seed} | {', '.join(f'{curve[str(r)]:.3f}' for r in grid)} | r{sep['worst_rank']} − "
+                     f"r{sep['best_rank']}: {_ci(sep)} | {'yes' if sep['separated'] else 'no'} |")
+    sep = pool["separation"]
+    lines.append(f"| pooled | | {_ci(sep)} | {'yes' if sep['separated'] else 'no'} |")
+    for name, u in sorted(result.get("update_mode", {}).items()):
+        lines += ["", f"| {name}: rank | validation loss, {u['mode']} | cumulative (the seed's run) | "
+                  f"{u['mode']} − cumulative (95 % CI) |", "| --- | --- | --- | --- |"]
+        for r in grid:
+            lines.append(f"| {r} | {u['validation_loss'][str(r)]:.3f} | {u['reference_validation_loss'][str(r)]:.3f} | "
+                         f"{_ci(u['per_rank_minus_reference'][str(r)])} |")
+        lines.append(f"| over the grid | | | {_ci(u['over_grid_minus_reference'])} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     arguments = parser(smoke="the tiny model, 4 steps, a 2-rank grid: checks this script still runs")
     arguments.add_argument("--config", default=str(REPO / "examples" / "smollm2-fidelity.yaml"))
@@ -197,7 +246,14 @@ def main() -> None:
     arguments.add_argument("--from-run", metavar="RUN_ID", help="read a finished pipeline run of the seed instead of "
                            "running it (e.g. one `dyrank run` made, or a read that failed)")
     arguments.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    arguments.add_argument("--table", action="store_true", help="print the docs' markdown tables from --out; runs nothing")
     args = parse(arguments)
+    if args.table:
+        try:
+            print(tables(json.loads(Path(args.out).read_text())))
+        except (OSError, ValueError, KeyError) as exc:
+            arguments.error(f"--out {args.out}: no fidelity results to show ({type(exc).__name__}: {exc})")
+        return
     scratch = Path(tempfile.mkdtemp(prefix="dyrank-bench-fidelity-"))
     if args.smoke:
         args.extra, args.config = [*SMOKE, *args.extra], str(REPO / "examples" / "tiny.yaml")

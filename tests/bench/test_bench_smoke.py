@@ -17,12 +17,12 @@ BENCH = REPO / "bench"
 NOT_SCRIPTS = {"_common.py", "_eval_bench.py"}  # imported by the scripts, not run
 # scripts whose smoke run lives in a test of its own, which checks what it measures (not only that it ran)
 SMOKED_ELSEWHERE = {"multirank_eval.py": "test_multirank_smoke.py", "p3_eval_arms.py": "test_eval_bench_smoke.py",
-                    "g2_user_rank.py": "g2_time_to_rank.py runs it, once per grid rank"}
+                    "g2_user_rank.py": "g2_time_to_rank.py runs it, once per grid rank",
+                    "autocast_quality.py": "test_autocast_quality_adds_bf16_seeds_to_a_recorded_run",
+                    "fidelity.py": "test_fidelity_smoke_then_its_docs_tables"}
 # script -> (extra arguments, keys its JSON must hold)
 SMOKES = {
     "accuracy.py": ([], ["rows"]),
-    "autocast_quality.py": ([], ["runs", "verdict"]),
-    "fidelity.py": ([], ["seeds", "pooled", "update_mode"]),
     "g1_trainer_peer.py": ([], ["arms", "checks", "raw_step_seconds"]),
     "g2_time_to_rank.py": (["--set", "adapter.r_max=2"], ["ratio", "every_rank_extrapolated", "user_grid"]),
     "dequantized_eval.py": ([], ["ratio_dequantized_over_nf4", "relative_loss_difference"]),
@@ -89,6 +89,25 @@ def test_autocast_quality_adds_bf16_seeds_to_a_recorded_run(tmp_path):
     assert after["runs"]["float32"] == before["runs"]["float32"]  # the recorded fp32 runs are unchanged
     assert after["bf16_seeds"] == [*before["bf16_seeds"], 2] and len(after["runs"]["bfloat16"]) == 3
     assert all(len(row["bf16"]) == 3 for row in after["verdict"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TIMEOUT_S + 60)
+def test_fidelity_smoke_then_its_docs_tables(tmp_path):
+    """The smoke run (a seed, then the frozen mode against it), then --table, which reads that JSON back."""
+    out = tmp_path / "result.json"
+    done = _run("fidelity.py", ["--smoke", "--out", str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert {"seeds", "pooled", "update_mode"} <= set(result) and list(result["update_mode"]) == ["frozen-seed0"]
+    done = _run("fidelity.py", ["--table", "--out", str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    pooled_rows = [line for line in done.stdout.splitlines() if line.startswith("| pooled")]
+    for method, row in result["pooled"]["methods"].items():  # each method's pooled regret, as the JSON holds it
+        assert any(f"| {method} |" in line and f"{row['regret']['diff']:+.3f} ({row['regret']['low']:+.3f}" in line
+                   for line in pooled_rows), (method, pooled_rows)
+    frozen = result["update_mode"]["frozen-seed0"]["over_grid_minus_reference"]
+    assert f"| over the grid | | | {frozen['diff']:+.3f}" in done.stdout
 
 
 @pytest.mark.slow
