@@ -193,6 +193,31 @@ def _ci(d: dict) -> str:
     return f"{d['diff']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f})"
 
 
+def curve_table(seeds: dict) -> list[str]:
+    """Per seed and job: the eval_every validation probes at each probe step, and the training loss averaged over
+    the steps since the previous probe (one step's loss is one batch: too noisy to read alone). A job whose curves
+    are another's (qlora-svd standing on the grid's r_max training) is left out."""
+    steps = sorted({int(s) for e in seeds.values() for c in e["curves"].values() for k, series in c.items()
+                    if k.startswith("val_loss_r") for s, _ in series})
+    lines = ["| seed | job | curve | " + " | ".join(f"step {s}" for s in steps) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in steps) + " |"]
+    for seed, entry in sorted(seeds.items()):
+        shown = []
+        for job, curves in sorted(entry["curves"].items(), key=lambda kv: "svd" in kv[0]):  # the grid job's name first
+            if curves in shown:
+                continue
+            shown.append(curves)
+            train = curves.get("train_loss", [])
+            windows = [[v for s, v in train if lo < s <= hi] for lo, hi in zip([0, *steps], steps)]
+            lines.append(f"| {seed} | {job} | train loss (mean since the last probe) | "
+                         + " | ".join(f"{np.mean(w):.3f}" if w else "" for w in windows) + " |")
+            for key in sorted((k for k in curves if k.startswith("val_loss_r")), key=lambda k: int(k[10:])):
+                at = dict((int(s), v) for s, v in curves[key])
+                lines.append(f"| {seed} | {job} | validation loss at rank {key[10:]} | "
+                             + " | ".join(f"{at[s]:.3f}" if s in at else "" for s in steps) + " |")
+    return lines
+
+
 def tables(result: dict) -> str:
     """The docs' tables (markdown) from a results JSON: selection per one-run method, seed by seed and pooled; the
     per-rank test deltas; the grid's separation; the update-mode comparison. Nothing is recomputed but the pooled
@@ -227,6 +252,7 @@ def tables(result: dict) -> str:
                      f"r{sep['best_rank']}: {_ci(sep)} | {'yes' if sep['separated'] else 'no'} |")
     sep = pool["separation"]
     lines.append(f"| pooled | | {_ci(sep)} | {'yes' if sep['separated'] else 'no'} |")
+    lines += ["", *curve_table(seeds)]
     for name, u in sorted(result.get("update_mode", {}).items()):
         lines += ["", f"| {name}: rank | validation loss, {u['mode']} | cumulative (the seed's run) | "
                   f"{u['mode']} − cumulative (95 % CI) |", "| --- | --- | --- | --- |"]
