@@ -32,6 +32,7 @@ from _common import REPO, SMOKE_PIPELINE, TRAINING_LIBRARIES, parse, parser, sta
 from evaluators import per_example as pe  # noqa: E402
 from evaluators.bootstrap import paired_difference  # noqa: E402
 from evaluators.fidelity import metric_value  # noqa: E402
+from orchestrator.config import ConfigError  # noqa: E402
 from orchestrator.errors import TrackingError  # noqa: E402
 from orchestrator.fidelity_stage import FIDELITY_ARTIFACT  # noqa: E402
 
@@ -88,6 +89,16 @@ class RunReader:
         return {key: [[p.step, p.value] for p in sorted(self.tracker.metric_history(run.info.run_id, key),
                                                           key=lambda p: p.step)]
                 for key in run.data.metrics if key.startswith(("train_loss", "val_loss_r"))}
+
+
+def recipe_of(config: str, overrides: list[str]) -> str:
+    """What a seed's entry must share with the others it pools with: the resolved config (comments, key order and
+    how a value was given do not count), without the seed."""
+    from orchestrator.config import load_config
+
+    resolved = load_config(config, overrides).model_dump(mode="json")
+    resolved["training"].pop("seed", None)
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_seed(config: str, overrides: list[str], seed: int, uri: str) -> tuple[object, float]:
@@ -286,7 +297,10 @@ def main() -> None:
         args.tracking_uri = f"sqlite:///{scratch}/mlflow.db"
     if not Path(args.config).is_file():
         arguments.error(f"--config {args.config}: no such file")
-    recipe = hashlib.sha256(json.dumps([Path(args.config).read_text(), args.extra]).encode()).hexdigest()[:16]
+    try:
+        recipe = recipe_of(args.config, args.extra)
+    except ConfigError as exc:  # a bad config or --set: one line, before anything runs
+        arguments.error(str(exc))
     out = Path(args.out)
     try:
         recorded = json.loads(out.read_text()) if out.exists() else None
