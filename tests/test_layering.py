@@ -20,7 +20,8 @@ FORBIDDEN = {
     "tests/evaluators": ("orchestrator", "dashboards"),
     "orchestrator": ("dashboards",),
 }
-ALLOWED = {REPO / "orchestrator" / "cli.py"}  # the CLI hands the pipeline's data to dashboards/
+# the CLI (its parser and its two command modules) hands the pipeline's data to dashboards/
+ALLOWED = {REPO / "orchestrator" / name for name in ("cli.py", "cli_jobs.py", "cli_tools.py")}
 
 
 def _imports(path: Path) -> set[str]:
