@@ -6,7 +6,8 @@
 The pipeline's own RankEvaluator actors (one base load each, dequantized once) on a private Ray; each actor
 holds one CPU and runs one torch thread, so actors do not fight over cores. The adapter is an r_max-64 LoRA with
 random B (PEFT starts B at zero, which would make every rank the same model). Wall time = first rank sent to
-last result back, actors already loaded; each free actor takes the next rank, as in the pipeline. N = 1, 2, 4
+last result back, actors already loaded; ranks are dispatched as the pipeline dispatches them (the least-loaded
+actor takes the next, with a task queued behind the running one). N = 1, 2, 4
 interleaved, repeated; speedup(N) = median wall(1) / median wall(N); goal speedup(2) / 2 >= 0.9.
 """
 
@@ -17,6 +18,7 @@ import os
 import statistics
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import ray
@@ -26,6 +28,7 @@ from _common import REPO, header, parse, parser, randomize_lora_b, spread, timed
 
 from orchestrator.actors import RankEvaluator, actor_options, read_adapter_files  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
+from orchestrator.sweep_stage import QUEUE_DEPTH  # noqa: E402
 from trainers.adapters import attach_lora  # noqa: E402
 from trainers.models import load_base_model, resolve_base  # noqa: E402
 from trainers.methods.base import write_adapter_meta  # noqa: E402
@@ -45,17 +48,16 @@ def random_adapter(cfg, folder: Path) -> Path:
 
 
 def sweep(actors, ranks: list[int], files_ref) -> None:
-    """Each idle actor takes the next rank until all are scored."""
-    pending, queue = {}, list(ranks)
-    for actor in actors:
-        if queue:
-            pending[actor.evaluate_rank.remote(queue.pop(0), "validation", "a", [files_ref])] = actor
-    while pending:
-        [done], _ = ray.wait(list(pending))
-        actor = pending.pop(done)
+    """The pipeline's dispatch (orchestrator/sweep_stage.py): the least-loaded actor takes the next rank, with up to
+    QUEUE_DEPTH tasks queued on each, so the next one is already waiting there when one finishes."""
+    pending, queued, waiting = list(ranks), Counter(), {}
+    while pending or waiting:
+        while pending and (actor := min(actors, key=lambda a: queued[a])) and queued[actor] < QUEUE_DEPTH:
+            waiting[actor.evaluate_ranks.remote([pending.pop(0)], "validation", "a", [files_ref])] = actor
+            queued[actor] += 1
+        [done], _ = ray.wait(list(waiting))
+        queued[waiting.pop(done)] -= 1
         ray.get(done)
-        if queue:
-            pending[actor.evaluate_rank.remote(queue.pop(0), "validation", "a", [files_ref])] = actor
 
 
 def main() -> None:

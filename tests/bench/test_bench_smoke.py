@@ -83,12 +83,15 @@ def test_autocast_quality_adds_bf16_seeds_to_a_recorded_run(tmp_path):
     out = tmp_path / "result.json"
     assert _run("autocast_quality.py", ["--smoke", "--out", str(out)], tmp_path).returncode == 0
     before = json.loads(out.read_text())
-    done = _run("autocast_quality.py", ["--smoke", "--add-bf16", "2", "--out", str(out)], tmp_path)
+    done = _run("autocast_quality.py", ["--smoke", "--add-bf16", "2", "--add-upcast", "0", "--out", str(out)], tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     after = json.loads(out.read_text())
     assert after["runs"]["float32"] == before["runs"]["float32"]  # the recorded fp32 runs are unchanged
     assert after["bf16_seeds"] == [*before["bf16_seeds"], 2] and len(after["runs"]["bfloat16"]) == 3
-    assert all(len(row["bf16"]) == 3 for row in after["verdict"].values())
+    assert all(len(row["bf16"]) == 3 and len(row["bf16_upcast"]) == 1 for row in after["verdict"].values())
+    # the third arm is the residual stream in fp32 (PEFT's upcast), the bf16 arm's stays in bf16
+    assert [run["embedding_dtype"] for run in after["runs"]["bfloat16_upcast"]] == ["float32"]
+    assert {run["embedding_dtype"] for run in after["runs"]["bfloat16"]} == {"bfloat16"}
 
 
 @pytest.mark.slow
