@@ -32,6 +32,10 @@ TINY = dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_la
             num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False)
 # examples/tiny.yaml cut to what still runs every part of a pipeline (training, sweep, selection, a baseline,
 # test scores) in seconds: the smoke runs of the pipeline benchmarks
+# dyrank's optimizer names -> transformers Trainer's for the same class (bitsandbytes' paged AdamW, or torch's):
+# the peer arms (G1, G2's user grid) train with the optimizer the dyrank config names
+PEER_OPTIMIZERS = {"paged_adamw_32bit": "paged_adamw_32bit", "paged_adamw_8bit": "paged_adamw_8bit",
+                   "adamw_torch": "adamw_torch"}
 SMOKE_PIPELINE = ["training.max_steps=2", "evaluation.ranks=[1,2]", "baselines.ranks=[2]", "evaluation.max_samples=8",
                   "evaluation.bootstrap_samples=10"]
 

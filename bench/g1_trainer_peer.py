@@ -37,16 +37,13 @@ from pathlib import Path
 
 import torch
 
-from _common import REPO, TRAINING_LIBRARIES, parse, stamp, write_result
+from _common import PEER_OPTIMIZERS, REPO, TRAINING_LIBRARIES, parse, stamp, write_result
 
 ARMS = {  # dyrank arm -> overrides of the adapter section
     "dyrank-qlora": ["adapter.method=qlora", "adapter.rank=64"],
     "dyrank-qdylora-slice": ["adapter.method=qdylora", "adapter.r_max=64", "adapter.rank_application=slice"],
     "dyrank-qdylora-mask": ["adapter.method=qdylora", "adapter.r_max=64", "adapter.rank_application=mask"],
 }
-# dyrank's optimizer names -> Trainer's for the same class (bitsandbytes' paged/plain AdamW, or torch's)
-PEER_OPTIMIZERS = {"paged_adamw_32bit": "paged_adamw_32bit", "paged_adamw_8bit": "paged_adamw_8bit",
-                   "adamw_torch": "adamw_torch"}
 SMOKE = ["model.source=tiny-llama", "data.dataset=tiny-qa", "data.max_seq_len=48", "training.batch_size=4"]
 
 

@@ -3,15 +3,16 @@ the NF4 base, then the validation loss. bench/g2_time_to_rank.py runs it once pe
 
     python3 bench/g2_user_rank.py --config examples/smollm2-countries.yaml --rank 8
 
-The same base, data, steps, batch, lr, alpha and dropout as the dyrank config; the examples are encoded by
-dyrank's encode_all (so both sides score the same tokens); the model, the training loop and the loss are plain
-transformers + PEFT + bitsandbytes, as their docs show them. Prints one JSON line: {rank, eval_loss, seconds}.
+The same base, data, steps, batch, lr, schedule, warm-up, optimizer, clipping, alpha and dropout as the dyrank
+config; the examples are encoded by dyrank's encode_all (so both sides score the same tokens); the model, the
+training loop and the loss are plain transformers + PEFT + bitsandbytes, as their docs show them. Prints one JSON line: {rank, eval_loss, seconds}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 
@@ -19,7 +20,7 @@ import torch
 
 started = time.perf_counter()  # the fresh process's imports count: the user pays them once per rank
 
-from _common import REPO  # noqa: E402,F401  (puts the project on sys.path)
+from _common import PEER_OPTIMIZERS, REPO  # noqa: E402,F401  (REPO: puts the project on sys.path)
 from _eval_bench import PIPELINE_SECTIONS, hf_loss  # noqa: E402
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: E402
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainingArguments  # noqa: E402
@@ -28,6 +29,9 @@ from trainers.batching import collate, encode_all  # noqa: E402
 from trainers.config import load_job_config  # noqa: E402
 from trainers.datasets.splits import load_splits  # noqa: E402
 from trainers.models import load_tokenizer, resolve_base, resolve_compute_dtype  # noqa: E402
+
+# dyrank's lr_scheduler (after its warm-up) -> Trainer's name for the same schedule
+SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
 
 def main() -> None:
@@ -53,8 +57,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         arguments = TrainingArguments(
             output_dir=out, max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
-            gradient_accumulation_steps=t.grad_accum_steps, learning_rate=t.lr, lr_scheduler_type="constant",
-            max_grad_norm=0.3, save_strategy="no", report_to="none", disable_tqdm=True, seed=t.seed,
+            gradient_accumulation_steps=t.grad_accum_steps, learning_rate=t.lr,
+            # the recipe's schedule, warm-up and optimizer (trainers/finetune.py), as G1's peer
+            lr_scheduler_type=SCHEDULES[t.lr_scheduler], warmup_steps=math.ceil(t.warmup_ratio * t.max_steps),
+            max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, optim=PEER_OPTIMIZERS[t.optimizer],
+            save_strategy="no", report_to="none", disable_tqdm=True, seed=t.seed,
             bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=not torch.cuda.is_available(),
             remove_unused_columns=False)
         Trainer(model=model, args=arguments, train_dataset=train,
