@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,11 @@ def pytest_configure(config):
     the user's home nor in a folder another session shares. HOME and DYRANK_HOME live in pytest's numbered temp
     folder (it keeps the last three); Ray's folder is a short one of its own under /tmp, since its unix socket
     paths must stay under 107 bytes, and is removed when the session ends."""
+    # Launched in the background (`nohup make test &`), the suite starts with SIGINT ignored, and every process
+    # it starts inherits that: the Ctrl-C tests' children would never see their SIGINT. A handler (unlike an
+    # ignore) is reset by exec, so the children start with Python's own Ctrl-C handling, as from a terminal.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     session = config._tmp_path_factory.mktemp("session")  # pytest's tmp_path_factory: no public hook before collection
     (session / "home").mkdir()
     ray_tmp = tempfile.mkdtemp(prefix="dyr-", dir="/tmp")
