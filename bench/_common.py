@@ -30,12 +30,12 @@ LLAMA_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num
                 tie_word_embeddings=False, rms_norm_eps=1e-5)
 TINY = dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False)
-# examples/tiny.yaml cut to what still runs every part of a pipeline (training, sweep, selection, a baseline,
-# test scores) in seconds: the smoke runs of the pipeline benchmarks
 # dyrank's optimizer names -> transformers Trainer's for the same class (bitsandbytes' paged AdamW, or torch's):
 # the peer arms (G1, G2's user grid) train with the optimizer the dyrank config names
 PEER_OPTIMIZERS = {"paged_adamw_32bit": "paged_adamw_32bit", "paged_adamw_8bit": "paged_adamw_8bit",
                    "adamw_torch": "adamw_torch"}
+# examples/tiny.yaml cut to what still runs every part of a pipeline (training, sweep, selection, a baseline,
+# test scores) in seconds: the smoke runs of the pipeline benchmarks
 SMOKE_PIPELINE = ["training.max_steps=2", "evaluation.ranks=[1,2]", "baselines.ranks=[2]", "evaluation.max_samples=8",
                   "evaluation.bootstrap_samples=10"]
 
@@ -43,6 +43,14 @@ SMOKE_PIPELINE = ["training.max_steps=2", "evaluation.ranks=[1,2]", "baselines.r
 class Pad:
     """The one tokenizer attribute evaluate() needs when examples are already token ids."""
     pad_token_id = 0
+
+
+def peer_optimizer(name: str) -> str:
+    """Trainer's name for dyrank's training.optimizer, or a one-line exit where Trainer has none to compare with."""
+    if name not in PEER_OPTIMIZERS:
+        sys.exit(f"training.optimizer={name}: transformers Trainer has no optimizer of the same class; "
+                 f"the peer arm takes one of {sorted(PEER_OPTIMIZERS)}")
+    return PEER_OPTIMIZERS[name]
 
 
 def sync() -> None:

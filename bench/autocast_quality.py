@@ -76,11 +76,10 @@ def verdict(runs: dict) -> dict:
         mean, spread = statistics.mean(fp32), max(fp32) - min(fp32)
         tolerance = max(spread, 0.01 * mean)
         row = {"fp32": fp32, "fp32_range": spread, "tolerance": tolerance}
-        for arm, key in (("bfloat16", "bf16"), (UPCAST_ARM, "bf16_upcast")):
+        for arm, key, within in (("bfloat16", "bf16", "within"), (UPCAST_ARM, "bf16_upcast", "upcast_within")):
             if runs.get(arm):
-                losses = [r["eval_loss"][rank] for r in runs[arm]]
-                row[key] = losses
-                row["within" if key == "bf16" else "upcast_within"] = all(abs(b - mean) <= tolerance for b in losses)
+                row[key] = [r["eval_loss"][rank] for r in runs[arm]]
+                row[within] = all(abs(b - mean) <= tolerance for b in row[key])
         out[str(rank)] = row
     return out
 
@@ -102,6 +101,8 @@ def main() -> None:
                              "precision apart from the LoRA branch's")
     parser.add_argument("--out", required=True)
     args = parse(parser)
+    if (args.add_bf16 or args.add_upcast) and not Path(args.out).is_file():
+        parser.error(f"--out {args.out}: no recorded run to add seeds to; record one first, without --add-*")
     if args.smoke:
         args.extra, args.steps, args.seeds = [*SMOKE, *args.extra], 2, [0, 1]
     torch.set_num_threads(args.threads)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from _common import PEER_OPTIMIZERS, REPO, TRAINING_LIBRARIES, parse, stamp, write_result
+from _common import REPO, TRAINING_LIBRARIES, peer_optimizer, parse, stamp, write_result
 
 ARMS = {  # dyrank arm -> overrides of the adapter section
     "dyrank-qlora": ["adapter.method=qlora", "adapter.rank=64"],
@@ -88,7 +88,7 @@ def peer_trainer(job, recipe, steps: int, out: Path, callback, kind: str = "trai
     settings = dict(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=t.batch_size, learning_rate=t.lr,
         lr_scheduler_type="constant_with_warmup", warmup_steps=math.ceil(t.warmup_ratio * steps),  # as the recipe: trainers/finetune.py
-        max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, optim=PEER_OPTIMIZERS[t.optimizer],
+        max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, optim=peer_optimizer(t.optimizer),
         bf16=compute == torch.bfloat16, fp16=compute == torch.float16,
         gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=1,  # per-step losses, to check it trains as the other arms do
@@ -322,6 +322,8 @@ def main() -> None:
 
     if args.no_peer and "dyrank-qlora" not in args.arms:
         raise SystemExit("--no-peer: --arms must include dyrank-qlora (P1's reference)")
+    if not args.no_peer:  # one line before any load when Trainer has no optimizer of the recipe's class
+        peer_optimizer(job_config(args.config, args.steps, args.extra, []).training.optimizer)
     partial = lambda r: save(r, r["checks"]["steps_done"])  # noqa: E731
     if args.no_peer:
         measured = run_without_peer(args.config, args.steps, args.warmup, args.extra, scratch, args.arms, partial)

@@ -5,7 +5,8 @@ the NF4 base, then the validation loss. bench/g2_time_to_rank.py runs it once pe
 
 The same base, data, steps, batch, lr, schedule, warm-up, optimizer, clipping, alpha and dropout as the dyrank
 config; the examples are encoded by dyrank's encode_all (so both sides score the same tokens); the model, the
-training loop and the loss are plain transformers + PEFT + bitsandbytes, as their docs show them. Prints one JSON line: {rank, eval_loss, seconds}.
+training loop and the loss are plain transformers + PEFT + bitsandbytes, as their docs show them. Prints one JSON
+line: {rank, eval_loss, seconds}.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 started = time.perf_counter()  # the fresh process's imports count: the user pays them once per rank
 
-from _common import PEER_OPTIMIZERS, REPO  # noqa: E402,F401  (REPO: puts the project on sys.path)
+from _common import REPO, peer_optimizer  # noqa: E402,F401  (REPO: puts the project on sys.path)
 from _eval_bench import PIPELINE_SECTIONS, hf_loss  # noqa: E402
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: E402
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainingArguments  # noqa: E402
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, required=True)
     args = parser.parse_args()
     cfg = load_job_config(args.config, args.set, ignore_sections=PIPELINE_SECTIONS)
+    optimizer = peer_optimizer(cfg.training.optimizer)  # before any load: one line if Trainer has none
     base = resolve_base(cfg.model.source)
     tokenizer = load_tokenizer(base)
     splits = load_splits(cfg.data)
@@ -60,7 +62,7 @@ def main() -> None:
             gradient_accumulation_steps=t.grad_accum_steps, learning_rate=t.lr,
             # the recipe's schedule, warm-up and optimizer (trainers/finetune.py), as G1's peer
             lr_scheduler_type=SCHEDULES[t.lr_scheduler], warmup_steps=math.ceil(t.warmup_ratio * t.max_steps),
-            max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, optim=PEER_OPTIMIZERS[t.optimizer],
+            max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, optim=optimizer,
             save_strategy="no", report_to="none", disable_tqdm=True, seed=t.seed,
             bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=not torch.cuda.is_available(),
             remove_unused_columns=False)
